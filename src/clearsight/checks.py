@@ -1,0 +1,50 @@
+"""Validation of tensors where they enter clearsight (datasets, fit, evaluate, attributions, attacks).
+
+Caught here rather than deep inside a loop, with a message that names the argument and the fix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from clearsight.errors import DataError
+
+
+def check_inputs(x: torch.Tensor, *, name: str = "x", unit_range: bool = True) -> None:
+    """Require a floating tensor with a batch dimension, finite, and (by default) inside [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise DataError(f"{name} must be a floating tensor (float32 in [0, 1]), got dtype {x.dtype}")
+    if x.dim() < 2:
+        raise DataError(f"{name} must be batch-first with at least 2 dimensions [B, ...], got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"{name} holds {bad} NaN or infinite values; clean the data before using it")
+    if unit_range:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"{name} must lie in [0, 1] (found values in [{lo:.4g}, {hi:.4g}]); scale the inputs to [0, 1] "
+                "and put any normalization inside the model (clearsight.models.Normalize)"
+            )
+
+
+def check_labels(y: torch.Tensor, *, num_classes: int | None = None, batch: int | None = None,
+                 name: str = "y") -> None:
+    """Require int64 class indices [B] in [0, num_classes)."""
+    if not isinstance(y, torch.Tensor):
+        raise DataError(f"{name} must be a torch.Tensor of int64 class indices, got {type(y).__name__}")
+    if y.dtype != torch.int64:
+        raise DataError(f"{name} must be int64 class indices, got dtype {y.dtype}; use y.long()")
+    if y.dim() != 1:
+        raise DataError(f"{name} must have shape [B], got {tuple(y.shape)}")
+    if batch is not None and y.shape[0] != batch:
+        raise DataError(f"{name} has {y.shape[0]} labels for a batch of {batch} inputs")
+    if y.numel() and num_classes is not None:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise DataError(f"{name} holds labels in [{lo}, {hi}] but there are {num_classes} classes "
+                            f"(valid labels 0..{num_classes - 1})")

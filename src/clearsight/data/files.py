@@ -1,0 +1,165 @@
+"""Reading and fetching dataset files safely: checksums, downloads, archive extraction, IDX and pickle parsing.
+
+Nothing here executes code from a file: tar members are checked before extraction, and the CIFAR-10 pickle
+batches are read with an unpickler that refuses every global except the numpy array reconstructors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import struct
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clearsight.errors import DataError
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_md5(path: Path, md5: str) -> None:
+    """Raise DataError naming `path` if its md5 is not `md5`."""
+    got = md5sum(path)
+    if got != md5:
+        raise DataError(f"checksum mismatch for {path}: md5 {got}, expected {md5}. The file is corrupted or "
+                        "not the official one; delete it and download again")
+
+
+def download(urls: Sequence[str], dest: Path, md5: str, *, timeout: float = 60.0) -> Path:
+    """Fetch `dest` from the first of `urls` that works and whose content has checksum `md5`.
+
+    The download goes to a temporary file in `dest`'s folder and is renamed only once verified, so a failed or
+    corrupted download never leaves a file that a later load would trust.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for url in urls:
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                shutil.copyfileobj(response, out)
+            got = md5sum(tmp)
+            if got != md5:
+                failures.append(f"{url}: md5 {got}, expected {md5}")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            failures.append(f"{url}: {err}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DataError(f"could not download {dest.name}:\n  " + "\n  ".join(failures))
+
+
+def ensure_file(path: Path, md5: str | None, urls: Sequence[str], *, download_ok: bool, how: str,
+                verify_present: bool = True) -> Path:
+    """Return `path` if present, else download it (md5-verified) or explain where to put it.
+
+    A present file is checked against `md5` too unless `verify_present=False` (for files of which several
+    legitimate copies circulate; their parser validates them instead).
+    """
+    if path.exists():
+        if md5 is not None and verify_present:
+            check_md5(path, md5)
+        return path
+    if not download_ok:
+        raise DataError(f"missing {path}. {how} Or pass download=True (CLI: --set data.download=true) to fetch "
+                        "it from the official mirror.")
+    if md5 is None:
+        raise DataError(f"missing {path} and no checksum is known to verify a download; put the file there")
+    return download(urls, path, md5)
+
+
+def safe_extract_tar(archive: Path, dest: Path) -> None:
+    """Extract `archive` into `dest`, refusing links, devices, absolute paths and paths that leave `dest`."""
+    dest = dest.resolve()
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for m in members:
+            target = (dest / m.name).resolve()
+            if not (m.isfile() or m.isdir()):
+                raise DataError(f"refusing to extract {archive}: member {m.name!r} is a link or special file")
+            if os.path.isabs(m.name) or (target != dest and dest not in target.parents):
+                raise DataError(f"refusing to extract {archive}: member {m.name!r} would land outside {dest}")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")
+        else:  # pragma: no cover - Python without extraction filters; members were checked above
+            tar.extractall(dest, members=members)
+
+
+_IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or not, checking header and size."""
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated (header)")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = data[4 + 4 * ndim :]
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(body) != expected:
+        raise DataError(f"{path} holds {len(body)} data bytes, the header {shape} says {expected}")
+    return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
+    """Write `array` as an IDX file (uint8 only); gzip with a zero timestamp so the bytes are reproducible."""
+    if array.dtype != np.uint8:
+        raise ValueError("write_idx writes uint8 arrays only")
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    if compress:
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that builds only plain containers and numpy arrays; any other global is refused."""
+
+    _ALLOWED: frozenset[tuple[str, str]] = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+def load_array_pickle(path: Path) -> Any:
+    """Load a pickle that may contain only dicts, lists, strings, bytes, numbers and numpy arrays."""
+    try:
+        with open(path, "rb") as f:
+            return _ArrayOnlyUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise DataError(f"refusing to load {path}: it is not a plain data pickle ({err})") from err

@@ -1,0 +1,366 @@
+"""fit() and evaluate(): plain loops over in-memory batches, checkpoint/resume, torchrun-aware.
+
+Run directory written by fit (see DESIGN.md): config.yaml, model.safetensors, checkpoint/state.pt, log.jsonl.
+Every file is written atomically; the checkpoint holds the whole resumable state (weights, optimizer, RNG
+states, epoch, step and the epoch history) in one file, so weights and optimizer can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from clearsight import __version__, distributed, io
+from clearsight.checks import check_labels
+from clearsight.config import TrainConfig
+from clearsight.data.base import ArrayDataset, as_array_dataset
+from clearsight.errors import CheckpointError, ConfigError, DataError, TrainingError
+from clearsight.modes import eval_mode, resolve_device
+from clearsight.objectives import LossOutput, describe
+from clearsight.objectives import build as build_objective
+
+CHECKPOINT = Path("checkpoint") / "state.pt"
+
+
+def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: Dataset, *,
+        val_ds: Dataset | None = None, out_dir: str | Path | None = None, resume: bool = False,
+        run_config: Mapping[str, Any] | None = None, **options: Any) -> list[dict[str, Any]]:
+    """Train `model` in place by minimizing `objective` over `train_ds`; return the per-epoch log.
+
+    Args:
+        objective: a callable `(model, x, y, **batch) -> LossOutput` (see `clearsight.objectives.build`) or
+            the name of a registered objective with default options.
+        val_ds: validation data; None -> hold out `val_fraction` of `train_ds` (never pass the test split).
+        out_dir: run directory for config.yaml, model.safetensors, checkpoint/ and log.jsonl; None keeps
+            everything in memory.
+        resume: continue the run in `out_dir` from its last checkpoint (a run killed after epoch k resumed
+            ends with the same weights as an uninterrupted run); without it an existing run is never touched.
+        run_config: extra sections (data, model, ...) to record in config.yaml beside train and objective.
+        options: fields of `TrainConfig` (epochs, batch_size, optimizer, lr, schedule, seed, device, ...).
+
+    Raises:
+        TrainingError: the loss became NaN or infinite; the last good checkpoint is kept.
+        CheckpointError: `out_dir` holds a run and `resume` is False, or its checkpoint cannot be used.
+    """
+    cfg = _train_config(options)
+    if isinstance(objective, str):
+        objective = build_objective(objective)
+    device = resolve_device(cfg.device)
+    world = distributed.join(device)
+    try:
+        return _fit(model, objective, as_array_dataset(train_ds), val_ds, cfg, device, world,
+                    Path(out_dir) if out_dir is not None else None, resume, dict(run_config or {}))
+    finally:
+        distributed.leave(world)
+
+
+def _train_config(options: Mapping[str, Any]) -> TrainConfig:
+    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"fit() has no option {unknown[0]!r}; valid options: {', '.join(valid)}")
+    return TrainConfig(**options)
+
+
+def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDataset, val_ds: Dataset | None,
+         cfg: TrainConfig, device: torch.device, world: distributed.World, out: Path | None, resume: bool,
+         run_config: dict[str, Any]) -> list[dict[str, Any]]:
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
+    train, val = _split(train, val_ds, cfg)
+    model.to(device)
+    _check_model_fits(model, train, device)
+    doc = {**run_config, "objective": run_config.get("objective", describe(objective)),
+           "train": dataclasses.asdict(cfg)}
+    torch.manual_seed(cfg.seed + world.rank)
+    optimizer = _optimizer(model, cfg)
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 0, -1.0
+    best_state: dict[str, torch.Tensor] | None = None  # weights of the best validation epoch (keep="best")
+    if out is not None:
+        state = _open_run(out, doc, resume, world)
+        if state is not None:
+            start_epoch, history, best = _restore(state, model, optimizer, world, device)
+            if cfg.keep == "best" and (out / "model.safetensors").exists():
+                best_state = io.load_weights(out / "model.safetensors", device)
+    distributed.broadcast_state(model, world)
+    sampler: DistributedSampler = DistributedSampler(train, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                                     seed=cfg.seed)
+    local_batch = cfg.batch_size // world.size
+    steps_per_epoch = math.ceil(len(sampler) / local_batch)
+    total_steps = steps_per_epoch * cfg.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    report = _reporter(cfg.progress, world)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
+        sums: dict[str, float] = {}
+        model.train()
+        bar = report.bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
+            batch = {k: v.to(device, non_blocking=True)
+                     for k, v in train.batch(order[i * local_batch : (i + 1) * local_batch]).items()}
+            x, y = batch.pop("x"), batch.pop("y")
+            result = objective(model, x, y, progress=step / total_steps, epoch=epoch, **batch)
+            _check_finite(result, epoch, i, out)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            distributed.average_gradients(params, world)
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            _accumulate(sums, result, y)
+            bar.update(1)
+        bar.close()
+        row = _epoch_row(epoch, sums, world, time.perf_counter() - t0, optimizer)
+        if val is not None:
+            row.update(_validate(model, val, device, world))
+        history.append(row)
+        improved = val is not None and row["val_accuracy"] > best
+        best = max(best, row.get("val_accuracy", best))
+        if cfg.keep == "best" and improved:
+            row["kept"] = True
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if out is not None:
+            _save_epoch(out, model, optimizer, history, best, world, save_model=cfg.keep == "last" or improved)
+        report.line(row)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimizer step `step` of `total_steps` (schedules advance per step)."""
+    t = step / max(total_steps, 1)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(t >= m for m in cfg.milestones)
+    return 1.0
+
+
+def _split(train: ArrayDataset, val_ds: Dataset | None, cfg: TrainConfig
+           ) -> tuple[ArrayDataset, ArrayDataset | None]:
+    if val_ds is not None:
+        return train, as_array_dataset(val_ds)
+    if cfg.val_fraction == 0.0:
+        return train, None
+    n_val = max(1, round(len(train) * cfg.val_fraction))
+    if n_val >= len(train):
+        raise DataError(f"val_fraction {cfg.val_fraction} leaves no training data out of {len(train)} samples")
+    # the split depends on the seed only, so a resumed run validates on the same samples
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+    return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values, split="val")
+
+
+def _check_model_fits(model: nn.Module, train: ArrayDataset, device: torch.device) -> None:
+    with eval_mode(model), torch.no_grad():
+        out = model(train.x[:2].to(device))
+    if out.dim() != 2:
+        raise DataError(f"the model must return logits [B, C]; it returned shape {tuple(out.shape)}")
+    check_labels(train.y, num_classes=out.shape[1], name=f"{train.name or 'training'} labels")
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def _check_finite(result: LossOutput, epoch: int, step: int, out: Path | None) -> None:
+    if bool(torch.isfinite(result.loss.detach())):
+        return
+    kept = (f"The last good checkpoint is kept in {out / CHECKPOINT.parent}." if out is not None
+            else "Nothing was saved (no out_dir).")
+    raise TrainingError(f"the loss became {float(result.loss)} at epoch {epoch + 1}, step {step + 1} "
+                        f"(terms: {result.logs}); training stopped. {kept} Lower the learning rate or check "
+                        "the data and objective options, then start a new run.")
+
+
+def _accumulate(sums: dict[str, float], result: LossOutput, y: torch.Tensor) -> None:
+    n = y.shape[0]
+    sums["n"] = sums.get("n", 0.0) + n
+    sums["loss"] = sums.get("loss", 0.0) + float(result.loss.detach()) * n
+    for key, value in result.logs.items():
+        sums[key] = sums.get(key, 0.0) + float(value) * n
+    if result.logits is not None:
+        sums["accuracy"] = sums.get("accuracy", 0.0) + float((result.logits.argmax(1) == y).sum())
+
+
+def _epoch_row(epoch: int, sums: dict[str, float], world: distributed.World, seconds: float,
+               optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    total: dict[str, float] = {}
+    for part in distributed.gather(sums, world):
+        for key, value in part.items():  # type: ignore[attr-defined]
+            total[key] = total.get(key, 0.0) + value
+    n = total.pop("n")
+    return {"epoch": epoch + 1, **{k: v / n for k, v in total.items()},
+            "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+
+
+def _validate(model: nn.Module, val: ArrayDataset, device: torch.device, world: distributed.World
+              ) -> dict[str, float]:
+    logits = predict(model, val.x, device=device)
+    y = val.y.to(logits.device)
+    return {"val_loss": float(F.cross_entropy(logits, y)),
+            "val_accuracy": float((logits.argmax(1) == y).float().mean())}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "auto"
+            ) -> torch.Tensor:
+    """Logits [N, C] of `model` on inputs x [N, ...] in eval mode, batch by batch (mode restored after)."""
+    device = resolve_device(device)
+    with eval_mode(model):
+        return torch.cat([model(x[i : i + batch_size].to(device)) for i in range(0, x.shape[0], batch_size)])
+
+
+# ---- run directory -------------------------------------------------------------------------------------------
+
+def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.World) -> dict[str, Any] | None:
+    """Start a fresh run in `out` (refusing to touch an existing one) or return the checkpoint to resume."""
+    config_path, state_path = out / "config.yaml", out / CHECKPOINT
+    exists = config_path.exists() or state_path.exists()
+    if exists and not resume:
+        raise CheckpointError(f"{out} already holds a run; pass resume=True (CLI: --resume) to continue it, or "
+                              "choose another output directory. Nothing was changed.")
+    if exists:
+        saved = io.read_yaml(config_path) if config_path.exists() else {}
+        differences = _differences({k: v for k, v in saved.items() if k != "versions"}, io._plain(doc))
+        if differences:
+            raise CheckpointError(f"cannot resume {out}: its config differs from this one in "
+                                  f"{', '.join(differences)}. Resume with the same config or start a new run.")
+    if world.is_main and not config_path.exists():
+        io.write_yaml(config_path, {**doc, "versions": {"clearsight": __version__, "torch": torch.__version__}})
+    distributed.barrier(world)
+    return io.load_state(state_path) if state_path.exists() else None
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix[:-1]} ({a!r} -> {b!r})"]
+
+
+def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             world: distributed.World, device: torch.device) -> tuple[int, list[dict[str, Any]], float]:
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        if len(rng) != world.size:
+            raise CheckpointError(f"the checkpoint was written by {len(rng)} processes, this run has {world.size}; "
+                                  "resume with the same number of processes")
+        torch.set_rng_state(rng[world.rank]["cpu"])
+        if device.type == "cuda" and rng[world.rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(rng[world.rank]["cuda"], device)
+        return int(state["epoch"]), list(state["history"]), float(state["best"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"the checkpoint does not match this model or optimizer: {err}") from err
+
+
+def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict[str, Any]],
+                best: float, world: distributed.World, *, save_model: bool) -> None:
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = distributed.gather(rng, world)
+    if world.size > 1:  # buffers (batch-norm statistics) are per process; keep rank 0's everywhere
+        for b in model.buffers():
+            torch.distributed.broadcast(b.data, src=0)
+    if world.is_main:
+        # checkpoint first: it holds the history, so the log can always be rebuilt from it
+        io.save_state(out / CHECKPOINT, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "rng": rngs, "epoch": len(history), "history": history, "best": best})
+        if save_model:
+            io.save_weights(out / "model.safetensors", model.state_dict(), {"epoch": len(history)})
+        io.write_jsonl(out / "log.jsonl", history)
+    distributed.barrier(world)
+
+
+# ---- progress ------------------------------------------------------------------------------------------------
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class _Reporter:
+    bars: bool
+    lines: bool
+
+    def bar(self, total: int, desc: str) -> Any:
+        if not self.bars:
+            return _NoBar()
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def line(self, row: Mapping[str, Any]) -> None:
+        if self.lines:
+            parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()]
+            print(" | ".join(parts), file=sys.stderr, flush=True)
+
+
+def _reporter(mode: str, world: distributed.World) -> _Reporter:
+    if not world.is_main or mode == "none":
+        return _Reporter(False, False)
+    bars = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+    return _Reporter(bars, True)
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------
+
+def evaluate(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
+             device: str | torch.device = "auto") -> dict[str, float]:
+    """Score `model` on `ds` with the metrics of `suite`; returns {row key: mean value}.
+
+    Row keys are the metric name followed by its options, e.g. "accuracy". `evaluate_rows` gives the full rows
+    (with sample count, direction and dataset) that `clearsight evaluate` writes to results.jsonl.
+    """
+    return {row["key"]: row["value"] for row in evaluate_rows(model, ds, suite=suite, batch_size=batch_size,
+                                                              device=device)}
+
+
+def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
+                  device: str | torch.device = "auto") -> list[dict[str, Any]]:
+    """Per-metric result rows of `suite` on `ds`: each metric is computed per sample, batch by batch."""
+    from clearsight.metrics import METRICS, SUITES
+
+    if suite not in SUITES:
+        raise ConfigError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
+    data = as_array_dataset(ds)
+    dev = resolve_device(device)
+    model.to(dev)
+    _check_model_fits(model, data, dev)
+    rows = []
+    with eval_mode(model):
+        for name, opts in SUITES[suite]:
+            metric = METRICS.get(name)
+            values = torch.cat([metric(model, data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev),
+                                       **opts).detach() for i in range(0, len(data), batch_size)])
+            key = name + "".join(f"/{k}={v}" for k, v in sorted(opts.items()))
+            rows.append({"key": key, "metric": name, **opts, "value": float(values.float().mean()),
+                         "n": int(values.shape[0]), "higher_is_better": METRICS.meta(name)["higher_is_better"],
+                         "dataset": data.name, "split": data.split, "suite": suite})
+    return rows

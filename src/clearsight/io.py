@@ -1,0 +1,132 @@
+"""Atomic, pickle-free reading and writing of run files.
+
+Every write goes to a temporary file in the destination folder and is renamed over the target, so a run killed
+mid-write leaves either the old file or the new one, never half of one. Weights are safetensors; resumable state
+is read with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from clearsight.errors import CheckpointError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # mkstemp creates 0600 files; give run files the user's usual permissions
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary path next to `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # make the content durable before it becomes visible
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    atomic_write(path, write)
+
+
+def write_yaml(path: Path, data: Mapping[str, Any]) -> None:
+    write_text(path, yaml.safe_dump(_plain(data), sort_keys=False))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a mapping of config sections")
+    return data
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(_plain(r)) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"{path} line {i} is not valid JSON: {err}") from err
+    return rows
+
+
+def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Add rows to a JSON-lines file by atomically rewriting it (earlier rows are never at risk)."""
+    write_jsonl(path, [*read_jsonl(path), *rows])
+
+
+def save_weights(path: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    meta = {k: json.dumps(_plain(v)) for k, v in (metadata or {}).items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read weights {path}: {err}. The file is missing or corrupted") from err
+
+
+def save_state(path: Path, state: Mapping[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+
+
+def load_state(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load resumable state without unpickling arbitrary objects."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or hostile file; all mean "unusable"
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}. It is corrupted or "
+                              "was not written by clearsight; delete the run's checkpoint folder to start "
+                              "over") from err
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, Paths -> str, numpy/torch scalars -> Python numbers, recursively (for YAML/JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (Path, str)):  # str subclasses such as torch.__version__ too
+        return str(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value

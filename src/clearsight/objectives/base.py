@@ -1,0 +1,24 @@
+"""What every training objective returns, and the registry of objectives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from clearsight.registry import Registry
+
+OBJECTIVES: Registry = Registry("objective")
+
+
+@dataclass
+class LossOutput:
+    """The scalar loss to minimize, every loss term as a float for the log, and optionally the clean logits.
+
+    `logits` ([B, C], the model's output on the clean batch) lets the engine report training accuracy without
+    another forward pass; objectives that never compute clean logits leave it None.
+    """
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    logits: torch.Tensor | None = None

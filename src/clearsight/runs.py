@@ -1,0 +1,64 @@
+"""Building the pieces of a run from its config, and reopening a finished run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clearsight import data as data_mod
+from clearsight import io, models
+from clearsight.config import SECTIONS, RunConfig, resolve
+from clearsight.data.base import ArrayDataset
+from clearsight.errors import CheckpointError
+
+
+def load_data(cfg: RunConfig, split: str) -> ArrayDataset:
+    opts = dict(cfg.data.options)
+    root, download = opts.pop("root", None), opts.pop("download", False)
+    return data_mod.load(cfg.data.name, split, root, download=download, **opts)
+
+
+def build_model(cfg: RunConfig, *, num_classes: int, input_shape: tuple[int, ...]) -> nn.Sequential:
+    opts = dict(cfg.model.options)
+    normalize = opts.pop("normalize", None)
+    return models.build(cfg.model.name, num_classes=num_classes, input_shape=input_shape,
+                        normalize=tuple(normalize) if normalize is not None else None, **opts)
+
+
+def shapes(ds: ArrayDataset) -> dict[str, Any]:
+    """What a model needs to know about its data, recorded in config.yaml so a run can be rebuilt."""
+    return {"num_classes": ds.num_classes, "input_shape": list(ds.input_shape), "classes": ds.classes}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: RunConfig
+    shapes: dict[str, Any]
+    model: nn.Sequential
+
+
+def open_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model of the run in `path` from config.yaml and load model.safetensors into it."""
+    path = Path(path)
+    if not (path / "config.yaml").exists():
+        raise CheckpointError(f"{path} is not a run directory (no config.yaml); train one with `clearsight train`")
+    doc = io.read_yaml(path / "config.yaml")
+    if "shapes" not in doc:
+        raise CheckpointError(f"{path}/config.yaml has no 'shapes' section; it was not written by clearsight train")
+    cfg = resolve({k: v for k, v in doc.items() if k in SECTIONS})
+    info = doc["shapes"]
+    model = build_model(cfg, num_classes=int(info["num_classes"]), input_shape=tuple(info["input_shape"]))
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"{path} has no model.safetensors yet (training did not finish an epoch); "
+                              "resume it with `clearsight train ... --resume`")
+    try:
+        model.load_state_dict(io.load_weights(weights))
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights} does not fit the model in {path}/config.yaml: {err}") from err
+    return Run(path, cfg, info, model.to(device))
