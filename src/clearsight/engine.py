@@ -189,7 +189,7 @@ def _check_finite(result: LossOutput, epoch: int, step: int, out: Path | None) -
         return
     kept = (f"The last good checkpoint is kept in {out / CHECKPOINT.parent}." if out is not None
             else "Nothing was saved (no out_dir).")
-    raise TrainingError(f"the loss became {float(result.loss)} at epoch {epoch + 1}, step {step + 1} "
+    raise TrainingError(f"the loss became {float(result.loss.detach())} at epoch {epoch + 1}, step {step + 1} "
                         f"(terms: {result.logs}); training stopped. {kept} Lower the learning rate or check "
                         "the data and objective options, then start a new run.")
 

@@ -1,0 +1,242 @@
+"""fit/evaluate: determinism, exact kill-and-resume, non-finite loss, run-directory safety, schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import clearsight as cs
+from clearsight import io
+from clearsight.config import TrainConfig
+from clearsight.engine import CHECKPOINT, lr_factor
+from clearsight.errors import CheckpointError, ConfigError, DataError, TrainingError
+from clearsight.objectives import LossOutput
+
+FAST = {"epochs": 2, "batch_size": 16, "lr": 0.05, "progress": "none", "val_fraction": 0.2}
+
+
+@pytest.fixture(scope="module")
+def small_train(mnist_mini_train):
+    return mnist_mini_train.subset(torch.arange(0, 5000, 10))  # 500 images, 50 per class
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return cs.models.build("mlp", num_classes=10, input_shape=(1, 28, 28), widths=[32])
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_seeded_runs_are_identical_and_seed_matters(small_train):
+    a, b, c = mlp(), mlp(), mlp()
+    cs.fit(a, "standard", small_train, **FAST)
+    cs.fit(b, "standard", small_train, **FAST)
+    cs.fit(c, "standard", small_train, **{**FAST, "seed": 1})
+    assert same_weights(a.state_dict(), b.state_dict())
+    assert not same_weights(a.state_dict(), c.state_dict())
+
+
+def test_training_learns_and_logs_every_epoch(small_train, mnist_mini_test, tmp_path):
+    model = mlp()
+    history = cs.fit(model, "standard", small_train, out_dir=tmp_path, **{**FAST, "epochs": 3})
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert {"loss", "ce", "accuracy", "lr", "seconds", "val_loss", "val_accuracy"} <= set(history[0])
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert io.read_jsonl(tmp_path / "log.jsonl") == json.loads(json.dumps(history))
+    assert cs.evaluate(model, mnist_mini_test)["accuracy"] > 0.6  # far above chance (0.1) after 3 short epochs
+    saved = io.load_weights(tmp_path / "model.safetensors")
+    assert same_weights(saved, model.state_dict())
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 3 and same_weights(state["model"], model.state_dict())
+
+
+def test_validation_split_is_held_out_and_fixed(small_train):
+    seen: list[torch.Tensor] = []
+
+    def recording(model, x, y, **batch):
+        seen.append(x.flatten(1))
+        return cs.objectives.build("standard")(model, x, y)
+
+    cs.fit(mlp(), recording, small_train, **{**FAST, "epochs": 1})
+    trained = torch.cat(seen)
+    assert trained.shape[0] == 400  # 20% of 500 held out
+    perm = torch.randperm(500, generator=torch.Generator().manual_seed(0))
+    val = small_train.x[perm[:100]].flatten(1)
+    # no validation image is ever trained on (compare pixel rows)
+    assert not (torch.cdist(val, trained) == 0).any()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_train, tmp_path):
+    def explodes_in_epoch_2(model, x, y, *, epoch, **batch):
+        out = cs.objectives.build("standard")(model, x, y)
+        return LossOutput(out.loss * (float("nan") if epoch == 1 else 1.0), out.logs, out.logits)
+
+    model = mlp()
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last good checkpoint"):
+        cs.fit(model, explodes_in_epoch_2, small_train, out_dir=tmp_path, **FAST)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 1
+    assert len(io.read_jsonl(tmp_path / "log.jsonl")) == 1
+    assert all(torch.isfinite(v).all() for v in io.load_weights(tmp_path / "model.safetensors").values())
+
+
+def test_existing_run_is_never_overwritten(small_train, tmp_path):
+    cs.fit(mlp(), "standard", small_train, out_dir=tmp_path, **FAST)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match="already holds a run; pass resume=True"):
+        cs.fit(mlp(), "standard", small_train, out_dir=tmp_path, **FAST)
+    with pytest.raises(CheckpointError, match=r"config differs.*train.lr \(0.05 -> 0.1\)"):
+        cs.fit(mlp(), "standard", small_train, out_dir=tmp_path, resume=True, **{**FAST, "lr": 0.1})
+    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+
+def test_resuming_a_finished_run_changes_nothing(small_train, tmp_path):
+    model = mlp()
+    cs.fit(model, "standard", small_train, out_dir=tmp_path, **FAST)
+    again = mlp(seed=5)
+    history = cs.fit(again, "standard", small_train, out_dir=tmp_path, resume=True, **FAST)
+    assert len(history) == 2 and same_weights(again.state_dict(), model.state_dict())
+
+
+def test_corrupted_or_hostile_checkpoint_is_refused(small_train, tmp_path):
+    cs.fit(mlp(), "standard", small_train, out_dir=tmp_path, **FAST)
+    state = tmp_path / CHECKPOINT
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot load checkpoint.*corrupted"):
+        cs.fit(mlp(), "standard", small_train, out_dir=tmp_path, resume=True, **FAST)
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": Evil()}, state)  # a pickle that runs code if unpickled without restriction
+    with pytest.raises(CheckpointError):
+        cs.fit(mlp(), "standard", small_train, out_dir=tmp_path, resume=True, **FAST)
+    assert not marker.exists()
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        io.load_weights(tmp_path / "model.safetensors")
+
+
+def test_keep_best_holds_the_best_validation_epoch(small_train, tmp_path):
+    model = mlp()
+    history = cs.fit(model, "standard", small_train, out_dir=tmp_path, **{**FAST, "epochs": 4, "keep": "best",
+                                                                          "lr": 0.5})
+    kept = [r["epoch"] for r in history if r.get("kept")]
+    best = max(history, key=lambda r: r["val_accuracy"])
+    assert kept[-1] == best["epoch"]
+    saved = io.load_weights(tmp_path / "model.safetensors")
+    assert same_weights(saved, model.state_dict())  # the model in memory is the kept one too
+    reloaded = mlp()
+    reloaded.load_state_dict(saved)
+    val = small_train.subset(torch.randperm(500, generator=torch.Generator().manual_seed(0))[:100])
+    assert cs.evaluate(reloaded, val)["accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_bad_inputs_are_caught_where_they_enter(small_train):
+    with pytest.raises(ConfigError, match="fit\\(\\) has no option 'learning_rate'; valid options: epochs"):
+        cs.fit(mlp(), "standard", small_train, learning_rate=0.1)
+    five_way = cs.models.build("mlp", num_classes=5, input_shape=(1, 28, 28), widths=[8])
+    with pytest.raises(DataError, match=r"labels in \[0, 9\] but there are 5 classes"):
+        cs.fit(five_way, "standard", small_train, **FAST)
+    with pytest.raises(DataError, match="must lie in \\[0, 1\\]"):
+        cs.data.ArrayDataset(small_train.x * 255, small_train.y, classes=small_train.classes)
+    with pytest.raises(ConfigError, match="unknown device"):
+        cs.fit(mlp(), "standard", small_train, **{**FAST, "device": "tpu"})
+    with pytest.raises(ConfigError, match="unknown suite"):
+        cs.evaluate(mlp(), small_train, suite="everything")
+
+
+def test_evaluate_accuracy_matches_a_hand_count():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(3, 2))  # logits = (x0, x1, 0): class 0 if x0 > x1, else class 1
+    x = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.5, 0.1]])
+    y = torch.tensor([0, 1, 1, 2, 0])  # predictions 0, 1, 0, 1, 0 -> correct: yes, yes, no, no, yes
+    ds = cs.data.ArrayDataset(x, y, classes=["a", "b", "c"], name="toy", split="test")
+    rows = cs.evaluate_rows(model, ds, batch_size=2)
+    assert rows[0]["value"] == pytest.approx(3 / 5) and rows[0]["n"] == 5 and rows[0]["higher_is_better"]
+    assert model.training  # mode restored
+
+
+def test_learning_rate_schedules():
+    cos = TrainConfig(schedule="cosine")
+    assert lr_factor(cos, 0, 100) == 1.0 and lr_factor(cos, 50, 100) == pytest.approx(0.5)
+    assert lr_factor(cos, 25, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    step = TrainConfig(schedule="step", milestones=(0.5, 0.75), gamma=0.1)
+    assert [lr_factor(step, s, 100) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor(TrainConfig(schedule="constant"), 70, 100) == 1.0
+
+
+def test_progress_lines_without_a_terminal(small_train, capsys):
+    cs.fit(mlp(), "standard", small_train, **{**FAST, "epochs": 1, "progress": "auto"})
+    err = capsys.readouterr().err
+    assert err.startswith("epoch 1 | loss ") and "val_accuracy" in err
+
+
+TRAIN = [sys.executable, "-m", "clearsight.cli", "train", "--dataset", "mnist-mini", "--model", "small-cnn",
+         "--epochs", "4", "--set", "train.val_fraction=0.6", "--set", "train.progress=none"]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """SIGKILL after an epoch's checkpoint, resume: same final weights as an uninterrupted run (dropout included)."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = subprocess.Popen([*TRAIN, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (killed / CHECKPOINT).exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = torch.load(killed / CHECKPOINT, weights_only=True)["epoch"]
+    assert 1 <= interrupted_at < 4  # killed mid-run
+    subprocess.run([*TRAIN, "--out", str(killed), "--resume"], check=True, capture_output=True)
+    subprocess.run([*TRAIN, "--out", str(whole)], check=True, capture_output=True)
+    assert same_weights(io.load_weights(whole / "model.safetensors"), io.load_weights(killed / "model.safetensors"))
+    assert [r["epoch"] for r in io.read_jsonl(killed / "log.jsonl")] == [1, 2, 3, 4]
+    whole_log, killed_log = io.read_jsonl(whole / "log.jsonl"), io.read_jsonl(killed / "log.jsonl")
+    assert [r["loss"] for r in whole_log] == [r["loss"] for r in killed_log]
+
+
+DDP_SCRIPT = """
+import os, sys
+from pathlib import Path
+import torch
+import clearsight as cs
+from clearsight import io
+train = cs.data.load("mnist-mini", "train").subset(torch.arange(0, 5000, 5))
+torch.manual_seed(int(os.environ["RANK"]))  # different initial weights per rank: rank 0's must win
+model = cs.models.build("small-cnn", num_classes=10, hidden=64)
+cs.fit(model, "standard", train, epochs=3, batch_size=32, progress="none", out_dir=sys.argv[1] + "/run")
+io.save_weights(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.safetensors", model.state_dict())
+"""
+
+
+def test_two_process_data_parallel_ends_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (io.load_weights(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert same_weights(rank0, rank1)
+    assert same_weights(rank0, io.load_weights(tmp_path / "run" / "model.safetensors"))
+    history = io.read_jsonl(tmp_path / "run" / "log.jsonl")
+    assert len(history) == 3 and history[-1]["val_accuracy"] > 0.5  # it learned, from the global batch
