@@ -95,7 +95,7 @@ def as_array_dataset(ds: Dataset) -> ArrayDataset:
         items = [ds[i] for i in range(n)]
         x = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
         y = torch.as_tensor([int(item[1]) for item in items], dtype=torch.int64)
-    except (TypeError, IndexError) as err:
+    except (TypeError, IndexError, ValueError, RuntimeError) as err:  # RuntimeError: items of unequal shapes
         raise DataError(f"expected a dataset of (x, y) pairs with len(); could not read it: {err}") from err
     num_classes = int(y.max()) + 1 if n else 0
     return ArrayDataset(x, y, classes=[str(c) for c in range(num_classes)], name=type(ds).__name__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import pickle
 import shutil
@@ -16,9 +17,10 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -61,7 +63,8 @@ def download(urls: Sequence[str], dest: Path, md5: str, *, timeout: float = 60.0
                 continue
             os.replace(tmp, dest)
             return dest
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
+            # HTTPException: e.g. a connection closed before Content-Length bytes (IncompleteRead); try the next
             failures.append(f"{url}: {err}")
         finally:
             tmp.unlink(missing_ok=True)
@@ -90,18 +93,22 @@ def ensure_file(path: Path, md5: str | None, urls: Sequence[str], *, download_ok
 def safe_extract_tar(archive: Path, dest: Path) -> None:
     """Extract `archive` into `dest`, refusing links, devices, absolute paths and paths that leave `dest`."""
     dest = dest.resolve()
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for m in members:
-            target = (dest / m.name).resolve()
-            if not (m.isfile() or m.isdir()):
-                raise DataError(f"refusing to extract {archive}: member {m.name!r} is a link or special file")
-            if os.path.isabs(m.name) or (target != dest and dest not in target.parents):
-                raise DataError(f"refusing to extract {archive}: member {m.name!r} would land outside {dest}")
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, members=members, filter="data")
-        else:  # pragma: no cover - Python without extraction filters; members were checked above
-            tar.extractall(dest, members=members)
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = (dest / m.name).resolve()
+                if not (m.isfile() or m.isdir()):
+                    raise DataError(f"refusing to extract {archive}: member {m.name!r} is a link or special file")
+                if os.path.isabs(m.name) or (target != dest and dest not in target.parents):
+                    raise DataError(f"refusing to extract {archive}: member {m.name!r} would land outside {dest}")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # pragma: no cover - Python without extraction filters; members were checked above
+                tar.extractall(dest, members=members)
+    except (tarfile.TarError, EOFError, zlib.error) as err:  # not a tar, or corrupted: not a traceback
+        raise DataError(f"cannot extract {archive}: it is not a valid tar archive ({err}); delete it and "
+                        "download again") from err
 
 
 _IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
@@ -114,7 +121,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupted deflate stream inside the .gz
         raise DataError(f"cannot read {path}: {err}") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
@@ -142,15 +149,40 @@ def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
         path.write_bytes(payload)
 
 
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    """`_codecs.encode` restricted to what Python 3 pickles (protocol <= 2) use it for: bytes from latin-1 text."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed only to rebuild bytes from latin-1 text")
+    return text.encode("latin-1")
+
+
+def _empty_bytes() -> bytes:
+    """`bytes()` with no argument: how Python 3 pickles (protocol <= 2) store an empty bytes object."""
+    return b""
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that builds only plain containers and numpy arrays; any other global is refused."""
+    """Unpickler that builds only plain containers and numpy arrays; any other global is refused.
+
+    The official CIFAR-10 batches are Python 2 pickles (byte strings stored inline). A batch re-pickled by
+    Python 3 with protocol 2 stores each bytes object as a call `_codecs.encode(text, "latin1")` (or `bytes()`
+    when empty); those two globals are replaced by functions that can do nothing else.
+    """
 
     _ALLOWED: frozenset[tuple[str, str]] = frozenset({
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
     })
 
+    _BYTES_BUILDERS: ClassVar[dict[tuple[str, str], Any]] = {
+        ("_codecs", "encode"): _latin1_bytes,
+        ("__builtin__", "bytes"): _empty_bytes,
+        ("builtins", "bytes"): _empty_bytes,
+    }
+
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._BYTES_BUILDERS:
+            return self._BYTES_BUILDERS[module, name]
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
@@ -161,5 +193,7 @@ def load_array_pickle(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
             return _ArrayOnlyUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+    except Exception as err:
+        # A corrupted or crafted stream fails in many ways (UnpicklingError, EOFError, OverflowError or
+        # MemoryError from a huge declared length, errors raised inside numpy); each means: not usable data.
         raise DataError(f"refusing to load {path}: it is not a plain data pickle ({err})") from err

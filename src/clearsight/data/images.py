@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clearsight.data.base import ArrayDataset
+from clearsight.data.base import ArrayDataset, default_root
 from clearsight.data.files import check_md5, ensure_file, load_array_pickle, read_idx, safe_extract_tar
 from clearsight.data.registry import DATASETS
 from clearsight.errors import DataError
@@ -167,7 +167,8 @@ def decoy_mnist(split: str, *, root: Path | None = None, download: bool = False,
     """
     if source not in ("mnist-mini", "mnist"):
         raise DataError(f"decoy-mnist source must be 'mnist-mini' or 'mnist', got {source!r}")
-    base = DATASETS.get(source)(split, root=root, download=download)
+    # root=None (a direct call) means the default data folder, as in `load`; the full MNIST loader needs one
+    base = DATASETS.get(source)(split, root=default_root() if root is None else root, download=download)
     n = len(base)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     corners = torch.from_numpy(rng.integers(0, 4, size=n))
