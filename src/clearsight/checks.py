@@ -20,11 +20,11 @@ def check_inputs(x: torch.Tensor, *, name: str = "x", unit_range: bool = True) -
         raise DataError(f"{name} must be batch-first with at least 2 dimensions [B, ...], got shape {tuple(x.shape)}")
     if x.numel() == 0:
         return
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
+    if not bool(torch.isfinite(x.detach()).all()):
+        bad = int((~torch.isfinite(x.detach())).sum())
         raise DataError(f"{name} holds {bad} NaN or infinite values; clean the data before using it")
     if unit_range:
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(x.detach().min()), float(x.detach().max())
         if lo < 0.0 or hi > 1.0:
             raise DataError(
                 f"{name} must lie in [0, 1] (found values in [{lo:.4g}, {hi:.4g}]); scale the inputs to [0, 1] "

@@ -16,11 +16,13 @@ special-casing names::
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from clearsight.errors import UnknownNameError
+from clearsight.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -69,6 +71,25 @@ class Registry(Generic[T]):
     def build(self, name: str, /, **kwargs: Any) -> Any:
         """Call the entry `name` with `kwargs` (for factories such as models)."""
         return self.get(name)(**kwargs)
+
+    def options(self, name: str, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """The keyword-only parameters of entry `name` (its configurable options) with their defaults."""
+        skip = set(exclude)
+        params = inspect.signature(self.get(name)).parameters.values()
+        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in skip}
+
+    def check_options(self, name: str, options: Iterable[str], *, exclude: Iterable[str] = ()) -> None:
+        """Refuse option names that entry `name` does not have, listing the valid ones."""
+        valid = self.options(name, exclude=exclude)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(f"{self.kind} {name!r} has no option {unknown[0]!r}; valid options: "
+                              f"{', '.join(valid) or '(none)'}")
+
+    def bind(self, name: str, /, **options: Any) -> functools.partial:
+        """Entry `name` with `options` bound (checked against its keyword-only parameters)."""
+        self.check_options(name, options)
+        return functools.partial(self.get(name), **options)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -7,7 +7,6 @@ missing files from the official mirrors and verifies their md5 before use.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from clearsight.data.registry import DATASETS
 from clearsight.errors import ConfigError
 
 SPLITS = ("train", "test")
+LOADER_ARGS = ("root", "download")  # every loader takes these; its other keyword-only parameters are options
 
 
 def load(name: str, split: str = "train", root: str | Path | None = None, *, download: bool = False,
@@ -31,20 +31,14 @@ def load(name: str, split: str = "train", root: str | Path | None = None, *, dow
     fn = DATASETS.get(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    valid = loader_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"dataset {name!r} has no option {unknown[0]!r}; valid options: "
-                          f"{', '.join(valid) or '(none)'}")
+    DATASETS.check_options(name, options, exclude=LOADER_ARGS)
     root = Path(root).expanduser() if root is not None else default_root()
     return fn(split, root=root, download=download, **options)
 
 
 def loader_options(name: str) -> dict[str, Any]:
     """Keyword options of dataset `name` beyond root/download, with their defaults."""
-    params = inspect.signature(DATASETS.get(name)).parameters.values()
-    return {p.name: p.default for p in params
-            if p.kind is p.KEYWORD_ONLY and p.name not in ("root", "download")}
+    return DATASETS.options(name, exclude=LOADER_ARGS)
 
 
 __all__ = ["DATASETS", "SPLITS", "ArrayDataset", "as_array_dataset", "default_root", "load", "loader_options"]

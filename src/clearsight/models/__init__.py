@@ -5,7 +5,6 @@ See `clearsight.models.zoo` for the named parts (normalize, features, penultimat
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,8 @@ from clearsight.errors import ConfigError
 from clearsight.models import zoo
 from clearsight.models.layers import Normalize
 from clearsight.models.registry import MODELS
+
+BUILD_ARGS = ("num_classes", "input_shape")  # every builder takes these; its other keyword-only ones are options
 
 
 def build(name: str, *, num_classes: int, input_shape: Sequence[int] | None = None,
@@ -28,10 +29,7 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int] | None = No
         options: model-specific keyword options (see `model_options(name)`), e.g. mlp `widths`.
     """
     fn = MODELS.get(name)
-    valid = model_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"model {name!r} has no option {unknown[0]!r}; valid options: {', '.join(valid)}")
+    MODELS.check_options(name, options, exclude=BUILD_ARGS)
     if int(num_classes) < 2:
         raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
     shape = tuple(int(s) for s in (input_shape or MODELS.meta(name)["input_shape"]))
@@ -43,8 +41,7 @@ def build(name: str, *, num_classes: int, input_shape: Sequence[int] | None = No
 
 def model_options(name: str) -> dict[str, Any]:
     """Keyword options of model `name` beyond num_classes/input_shape, with their defaults."""
-    params = inspect.signature(MODELS.get(name)).parameters.values()
-    return {p.name: p.default for p in params if p.name not in ("num_classes", "input_shape")}
+    return MODELS.options(name, exclude=BUILD_ARGS)
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
