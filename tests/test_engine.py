@@ -168,9 +168,30 @@ def test_evaluate_accuracy_matches_a_hand_count():
     x = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.5, 0.1]])
     y = torch.tensor([0, 1, 1, 2, 0])  # predictions 0, 1, 0, 1, 0 -> correct: yes, yes, no, no, yes
     ds = cs.data.ArrayDataset(x, y, classes=["a", "b", "c"], name="toy", split="test")
-    rows = cs.evaluate_rows(model, ds, batch_size=2)
+    rows = cs.evaluate_rows(model, ds, batch_size=2, suite="clean")
     assert rows[0]["value"] == pytest.approx(3 / 5) and rows[0]["n"] == 5 and rows[0]["higher_is_better"]
     assert model.training  # mode restored
+    with pytest.raises(ConfigError, match="declares no attack budgets; pass eps_grid"):
+        cs.evaluate(model, ds)  # "toy" is no registered dataset, so the quick suite has no eps grid
+
+
+def test_quick_suite_robust_accuracy_matches_the_linear_closed_form():
+    """Binary linear model z = (w.x, 0): an interior point is robust at linf eps iff its margin > eps*||w||_1."""
+    torch.manual_seed(3)
+    w = torch.randn(16)
+    model = nn.Sequential(nn.Linear(16, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.stack([w, torch.zeros(16)]))
+    x = 0.3 + 0.4 * torch.rand(400, 16)  # eps <= 0.2 keeps every ball inside [0, 1]
+    y = (x @ w < 0).long()  # label = the predicted class, so every sample is clean-correct
+    ds = cs.data.ArrayDataset(x, y, classes=["pos", "neg"], name="toy", split="test")
+    result = cs.evaluate(model, ds, eps_grid={"linf": (0.05, 0.2)})
+    margin = (x @ w).abs()
+    for eps in (0.05, 0.2):
+        expected = float((margin > eps * w.abs().sum()).float().mean())
+        assert result[f"robust_accuracy/attack=pgd/eps={eps}/norm=linf/steps=20"] == pytest.approx(expected)
+    assert 0 < result["robust_accuracy/attack=pgd/eps=0.2/norm=linf/steps=20"] < result["accuracy"] == 1.0
+    assert result["hygiene"] == 0.0
 
 
 def test_learning_rate_schedules():

@@ -16,11 +16,14 @@ from clearsight.errors import ClearsightError
 
 
 def _registries() -> dict[str, Any]:
+    from clearsight.attacks import ATTACKS
+    from clearsight.attributions import ATTRIBUTIONS
     from clearsight.data import DATASETS
     from clearsight.metrics import METRICS
     from clearsight.models import MODELS
     from clearsight.objectives import OBJECTIVES
-    return {"datasets": DATASETS, "models": MODELS, "objectives": OBJECTIVES, "metrics": METRICS}
+    return {"datasets": DATASETS, "models": MODELS, "objectives": OBJECTIVES, "attributions": ATTRIBUTIONS,
+            "attacks": ATTACKS, "metrics": METRICS}
 
 
 def _options_text(fn: Any) -> str:
@@ -98,7 +101,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _print_rows(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         arrow = "higher is better" if row["higher_is_better"] else "lower is better"
-        print(f"{row['key']:<40} {row['value']:.4f}  ({row['dataset']} {row['split']}, n={row['n']}, {arrow})")
+        print(f"{row['key']:<56} {row['value']:.4f}  ({row['dataset']} {row['split']}, n={row['n']}, {arrow})")
+        for warning in row.get("warnings", ()):
+            print(f"  warning: {warning}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -109,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"clearsight {__version__} (torch {torch.__version__})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ls = sub.add_parser("list", help="list registered datasets, models, objectives or metrics",
+    ls = sub.add_parser("list", help="list registered datasets, models, objectives, attributions, attacks or metrics",
                         description="List the registered entries of one kind, with metadata and options.")
     ls.add_argument("kind", choices=sorted(_registries()))
     ls.set_defaults(func=cmd_list)
@@ -141,7 +146,9 @@ def parser() -> argparse.ArgumentParser:
                         description="Evaluate RUN_DIR's model on the test split of its dataset and append the "
                                     "rows to RUN_DIR/results.jsonl (or --out FILE).")
     ev.add_argument("run_dir", metavar="RUN_DIR")
-    ev.add_argument("--suite", default="quick", choices=["clean", "quick", "full"])
+    ev.add_argument("--suite", default="quick", choices=["clean", "quick", "full"],
+                    help="clean: accuracy; quick (default): + pgd-20 robust accuracy at two linf budgets and "
+                         "gradient-masking checks; full: pgd-40 and pgd+apgd at every budget of the dataset")
     ev.add_argument("--out", help="JSON-lines file to append the rows to (default RUN_DIR/results.jsonl)")
     ev.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     ev.set_defaults(func=cmd_evaluate)

@@ -26,6 +26,7 @@ from clearsight.checks import check_labels
 from clearsight.config import TrainConfig
 from clearsight.data.base import ArrayDataset, as_array_dataset
 from clearsight.errors import CheckpointError, ConfigError, DataError, TrainingError
+from clearsight.metrics.suites import HYGIENE_SAMPLES
 from clearsight.modes import eval_mode, resolve_device
 from clearsight.objectives import LossOutput, describe
 from clearsight.objectives import build as build_objective
@@ -247,6 +248,7 @@ def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.W
         if differences:
             raise CheckpointError(f"cannot resume {out}: its config differs from this one in "
                                   f"{', '.join(differences)}. Resume with the same config or start a new run.")
+    distributed.barrier(world)  # every rank has decided before rank 0 writes, or a late rank would see its own run
     if world.is_main and not config_path.exists():
         io.write_yaml(config_path, {**doc, "versions": {"clearsight": __version__, "torch": torch.__version__}})
     distributed.barrier(world)
@@ -332,35 +334,53 @@ def _reporter(mode: str, world: distributed.World) -> _Reporter:
 # ---- evaluation ----------------------------------------------------------------------------------------------
 
 def evaluate(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
-             device: str | torch.device = "auto") -> dict[str, float]:
-    """Score `model` on `ds` with the metrics of `suite`; returns {row key: mean value}.
+             device: str | torch.device = "auto",
+             eps_grid: Mapping[str, tuple[float, ...]] | None = None) -> dict[str, float]:
+    """Score `model` on `ds` with the rows of `suite`; returns {row key: mean value}.
 
-    Row keys are the metric name followed by its options, e.g. "accuracy". `evaluate_rows` gives the full rows
-    (with sample count, direction and dataset) that `clearsight evaluate` writes to results.jsonl.
+    Row keys are the metric name followed by its options, e.g. "accuracy" or
+    "robust_accuracy/attack=pgd/eps=0.3/norm=linf/steps=20"; the "hygiene" row counts the warnings of
+    `clearsight.attacks.check` (signs of gradient masking). `evaluate_rows` gives the full rows (with sample
+    count, direction, dataset and the warnings' text) that `clearsight evaluate` writes to results.jsonl.
+
+    Args:
+        suite: "clean", "quick" or "full" (see `clearsight.metrics.suites`).
+        eps_grid: attack budgets {"linf": (...), "l2": (...)}; None -> the dataset's registered grid.
     """
-    return {row["key"]: row["value"] for row in evaluate_rows(model, ds, suite=suite, batch_size=batch_size,
-                                                              device=device)}
+    rows = evaluate_rows(model, ds, suite=suite, batch_size=batch_size, device=device, eps_grid=eps_grid)
+    return {row["key"]: row["value"] for row in rows}
 
 
 def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
-                  device: str | torch.device = "auto") -> list[dict[str, Any]]:
+                  device: str | torch.device = "auto",
+                  eps_grid: Mapping[str, tuple[float, ...]] | None = None) -> list[dict[str, Any]]:
     """Per-metric result rows of `suite` on `ds`: each metric is computed per sample, batch by batch."""
-    from clearsight.metrics import METRICS, SUITES
+    from clearsight.attacks import check
+    from clearsight.data import DATASETS
+    from clearsight.metrics import METRICS
+    from clearsight.metrics import suite as make_suite
 
-    if suite not in SUITES:
-        raise ConfigError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
     data = as_array_dataset(ds)
+    if eps_grid is None and data.name in DATASETS:
+        eps_grid = DATASETS.meta(data.name).get("eps_grid")
+    spec = make_suite(suite, eps_grid=dict(eps_grid) if eps_grid else None, num_classes=data.num_classes)
     dev = resolve_device(device)
     model.to(dev)
     _check_model_fits(model, data, dev)
+    where = {"dataset": data.name, "split": data.split, "suite": suite}
     rows = []
     with eval_mode(model):
-        for name, opts in SUITES[suite]:
+        for name, opts in spec.rows:
             metric = METRICS.get(name)
             values = torch.cat([metric(model, data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev),
                                        **opts).detach() for i in range(0, len(data), batch_size)])
             key = name + "".join(f"/{k}={v}" for k, v in sorted(opts.items()))
             rows.append({"key": key, "metric": name, **opts, "value": float(values.float().mean()),
                          "n": int(values.shape[0]), "higher_is_better": METRICS.meta(name)["higher_is_better"],
-                         "dataset": data.name, "split": data.split, "suite": suite})
+                         **where})
+        if spec.hygiene is not None:
+            n = min(len(data), HYGIENE_SAMPLES)
+            warnings = check(model, data.x[:n].to(dev), data.y[:n].to(dev), **spec.hygiene)
+            rows.append({"key": "hygiene", "metric": "hygiene", **spec.hygiene, "value": float(len(warnings)),
+                         "n": n, "higher_is_better": False, "warnings": warnings, **where})
     return rows

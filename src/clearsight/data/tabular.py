@@ -23,6 +23,8 @@ from clearsight.data.registry import DATASETS
 from clearsight.errors import DataError
 
 UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/"
+# Evaluation budgets on min-max scaled features: Wicker et al. certify explanations up to eps 0.1 [recon for attacks].
+TABULAR_EPS = {"linf": (0.01, 0.05, 0.1)}
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ GERMAN_COLUMNS = [Column(n, num) for n, num in [
     ("job", False), ("people_liable", True), ("telephone", False), ("foreign_worker", False)]]
 
 
-@DATASETS.register("german-credit", kind="tabular", num_classes=2, embedded=False,
+@DATASETS.register("german-credit", kind="tabular", num_classes=2, embedded=False, eps_grid=TABULAR_EPS,
                    description="UCI Statlog German Credit (1,000 rows), ROOT/german-credit/german.data")
 def german_credit(split: str, *, root: Path, download: bool = False, test_fraction: float = 0.2,
                   seed: int = 0) -> ArrayDataset:
@@ -124,7 +126,7 @@ ADULT_COLUMNS = [
 ]
 
 
-@DATASETS.register("adult", kind="tabular", num_classes=2, embedded=False,
+@DATASETS.register("adult", kind="tabular", num_classes=2, embedded=False, eps_grid=TABULAR_EPS,
                    description="UCI Adult census income (32,561 rows), ROOT/adult/adult.data")
 def adult(split: str, *, root: Path, download: bool = False, test_fraction: float = 0.2, seed: int = 0,
           missing: str = "drop") -> ArrayDataset:

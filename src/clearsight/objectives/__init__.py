@@ -10,11 +10,9 @@ ramps) and `epoch`.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
-from clearsight.errors import ConfigError
 from clearsight.objectives import standard  # noqa: F401  (registers)
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 
@@ -23,19 +21,12 @@ Objective = Callable[..., LossOutput]
 
 def objective_options(name: str) -> dict[str, Any]:
     """Keyword options of objective `name` with their defaults."""
-    params = inspect.signature(OBJECTIVES.get(name)).parameters.values()
-    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    return OBJECTIVES.options(name)
 
 
 def build(name: str, /, **options: Any) -> functools.partial:
     """The objective `name` with `options` bound (unknown options are refused with the valid ones listed)."""
-    fn = OBJECTIVES.get(name)
-    valid = objective_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"objective {name!r} has no option {unknown[0]!r}; valid options: "
-                          f"{', '.join(valid) or '(none)'}")
-    return functools.partial(fn, **options)
+    return OBJECTIVES.bind(name, **options)
 
 
 def describe(objective: Callable[..., Any]) -> dict[str, Any]:

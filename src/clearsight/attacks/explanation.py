@@ -1,0 +1,152 @@
+"""Explanation attacks: change the attribution while keeping the predicted class (Ghorbani et al.,
+arXiv 1710.10547; Dombrowski et al., arXiv 1906.07983).
+
+The gradient of a ReLU network is piecewise constant in x, so the gradient of an attribution-based loss is zero
+almost everywhere. As Dombrowski et al. do, the attack differentiates through a copy of the model with every
+nn.ReLU replaced by nn.Softplus(beta) (the original model is never modified) and backpropagates through the
+attribution with create_graph=True. Each candidate step is then checked on the ORIGINAL model: a step is
+accepted only if the original model's predicted class is unchanged (else that sample reverts and halves its
+step size, a backtracking line search), and the best accepted iterate is scored with the original model's
+attribution. Only ReLU modules are smoothed; ReLUs applied as functions inside a custom forward are not.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clearsight.attacks.ball import Ball, check_eps
+from clearsight.attacks.loop import attacking, plain
+from clearsight.attacks.registry import ATTACKS
+from clearsight.checks import check_inputs, check_labels
+from clearsight.errors import ConfigError, DataError
+
+Attribution = Callable[..., torch.Tensor]  # attribution(model, x, target, *, create_graph=False) -> like x
+
+
+def softplus_copy(model: nn.Module, beta: float = 10.0) -> nn.Module:
+    """A deep copy of `model` in eval mode with every nn.ReLU replaced by nn.Softplus(beta) and frozen weights.
+
+    Softplus(beta) -> ReLU as beta -> infinity; the copy has the same weights, so its attributions approximate
+    the original's while having a non-zero second derivative.
+    """
+    smooth = copy.deepcopy(model)
+    for module in list(smooth.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, nn.Softplus(beta=float(beta)))
+    smooth.eval()
+    for p in smooth.parameters():
+        p.requires_grad_(False)
+    return smooth
+
+
+def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """Share of the k features of largest |a| that are also among the k largest |b|, per sample [B] in [0, 1]."""
+    top_a = _topk_mask(a, k)
+    top_b = _topk_mask(b, k)
+    return (top_a & top_b).sum(1).to(a.dtype) / k
+
+
+def _topk_mask(a: torch.Tensor, k: int) -> torch.Tensor:
+    flat = a.detach().flatten(1).abs()
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(k, dim=1).indices, True)
+
+
+@ATTACKS.register("explanation", norms=("linf",), goal="explanation",
+                  paper="arXiv:1710.10547, arXiv:1906.07983",
+                  description="change the attribution (top-k or towards a target map) keeping the predicted class")
+def explanation_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attribution: Attribution | None = None,
+                       eps: float = 0.1, steps: int = 100, topk: int = 100, target_map: torch.Tensor | None = None,
+                       step_size: float | None = None, beta: float = 10.0, keep_weight: float = 0.1) -> torch.Tensor:
+    """Find x' with ||x' - x||_inf <= eps, x' in [0, 1] and the same predicted class that changes the attribution.
+
+    Untargeted (no `target_map`): minimize the share of the attribution mass sum |a(x')| that falls on the top-k
+    features of |a(x)| (a smooth stand-in for the top-k intersection of Ghorbani et al.). Targeted: maximize
+    the cosine between a(x') and `target_map` (Dombrowski et al.). The surrogate loss adds
+    keep_weight * CE(f_softplus(x'), original prediction) to stay in the predicted class; steps are signed
+    (linf) and accepted only where the original model still predicts the class it predicted on x.
+
+    Args:
+        x: inputs [B, ...] in [0, 1]; y: the class whose attribution is attacked, int64 [B] (usually the label).
+        attribution: `attribution(model, x, target, create_graph=...)`, e.g. a functools.partial of
+            `clearsight.attributions.smoothgrad`; it must be differentiable in x with create_graph=True.
+            None -> `clearsight.attributions.gradient`. Features are the flattened entries of the attribution.
+        topk: k of the untargeted attack.
+        target_map: the map to move the attribution to, shaped like x (targeted attack).
+        step_size: initial per-sample step; None -> 2.5 * eps / steps; halved for a sample at each rejected step.
+        beta: softplus sharpness of the smoothed copy.
+
+    Returns:
+        x_adv like x: per sample the accepted iterate whose attribution under the ORIGINAL model is most changed,
+        or x itself when no step was accepted. The original model predicts the same class on x_adv as on x.
+    """
+    check_inputs(x)
+    check_labels(y, batch=x.shape[0])
+    attribution = attribution if attribution is not None else _default_attribution()
+    steps = int(steps)
+    if steps < 0:
+        raise ConfigError(f"steps must be >= 0, got {steps}")
+    eta0 = 2.5 * check_eps(eps) / max(steps, 1) if step_size is None else float(step_size)
+    surrogate = softplus_copy(model, beta)
+    with attacking(model):
+        x, y = plain(x), plain(y)
+        ball = Ball(x, eps, "linf")
+        with torch.no_grad():
+            logits = model(x)
+        check_labels(y, num_classes=logits.shape[1])
+        pred = logits.argmax(1)
+        a0 = attribution(model, x, y).detach()
+        score = _scorer(a0, topk, target_map, x)
+        best_x, best = x, score(a0)
+        cur = x
+        eta = torch.full((x.shape[0],) + (1,) * (x.dim() - 1), eta0, device=x.device, dtype=x.dtype)
+        view = eta.shape
+        for _ in range(steps):
+            cur = cur.detach().requires_grad_(True)
+            a = attribution(surrogate, cur, y, create_graph=True)
+            if not a.requires_grad:
+                raise ConfigError("the attribution returned a tensor without a graph to its input; it must be "
+                                  "differentiable in x when called with create_graph=True")
+            objective = score(a) + keep_weight * F.cross_entropy(surrogate(cur), pred, reduction="none")
+            (grad,) = torch.autograd.grad(objective.sum(), cur)
+            cand = ball.project(cur.detach() - eta * grad.sign())
+            a_cand = attribution(model, cand, y).detach()
+            with torch.no_grad():
+                ok = model(cand).argmax(1) == pred
+                s = score(a_cand)
+                improved = ok & (s < best)
+                best_x = torch.where(improved.view(view), cand, best_x)
+                best = torch.where(improved, s, best)
+                cur = torch.where(ok.view(view), cand, cur.detach())
+                eta = torch.where(ok.view(view), eta, eta / 2)
+    return best_x.detach()
+
+
+def _scorer(a0: torch.Tensor, topk: int, target_map: torch.Tensor | None, x: torch.Tensor
+            ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """score(a) -> [B], lower = attribution further from a0 (untargeted) or closer to the target map."""
+    if target_map is not None:
+        if not isinstance(target_map, torch.Tensor) or target_map.shape != x.shape:
+            raise DataError(f"target_map must be a tensor shaped like x {tuple(x.shape)}, "
+                            f"got {getattr(target_map, 'shape', type(target_map).__name__)}")
+        target = plain(target_map).to(device=x.device, dtype=x.dtype).flatten(1)
+        return lambda a: -F.cosine_similarity(a.flatten(1), target, dim=1, eps=1e-12)
+    n = a0[0].numel()
+    if not 1 <= int(topk) <= n:
+        raise ConfigError(f"topk must be between 1 and the {n} attribution features, got {topk}")
+    mask = _topk_mask(a0, int(topk)).to(a0.dtype)
+    return lambda a: (a.flatten(1).abs() * mask).sum(1) / a.flatten(1).abs().sum(1).clamp_min(1e-12)
+
+
+def _default_attribution() -> Attribution:
+    try:
+        from clearsight.attributions import gradient
+    except ImportError as err:  # the attributions package is missing from this installation
+        raise ConfigError("explanation_attack needs an attribution; pass attribution=... (clearsight.attributions "
+                          f"could not be imported: {err})") from err
+    return gradient
