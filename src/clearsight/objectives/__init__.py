@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from clearsight.objectives import standard  # noqa: F401  (registers)
+from clearsight.objectives import certified, standard  # noqa: F401  (registers)
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 
 Objective = Callable[..., LossOutput]

@@ -1,0 +1,26 @@
+"""Sound interval bounds: IBP of the logits, bounds on input gradients, and certificates (arXiv 2212.08507).
+
+    lo, hi = cs.bounds.interval_forward(model, lower, upper)               # logits over a box
+    lo, hi = cs.bounds.gradient_bounds(model, x, target, eps=0.01)         # input gradient over the eps box
+    cs.bounds.certify(model, test_ds, eps=0.05, topk=5, sensitive="sex")  # certified fractions (result rows)
+
+Models must be plain nn.Sequential stacks of Linear, Conv2d, ReLU, Flatten, AvgPool2d, Normalize, eval BatchNorm,
+Dropout and Identity (build small-cnn with pool="avg"); anything else is refused with an error naming the layer.
+"""
+
+from clearsight.bounds.certificates import (
+    certified_robust,
+    certify,
+    delta_bound,
+    delta_certified,
+    topk_certified,
+    topk_rule,
+)
+from clearsight.bounds.forward import interval_forward, margin_bounds
+from clearsight.bounds.gradient import GradientBounds, gradient_bounds, gradient_bounds_box
+from clearsight.bounds.interval import input_box, mul_interval, softmax_bounds
+from clearsight.bounds.layers import bound_layers
+
+__all__ = ["GradientBounds", "bound_layers", "certified_robust", "certify", "delta_bound", "delta_certified",
+           "gradient_bounds", "gradient_bounds_box", "input_box", "interval_forward", "margin_bounds",
+           "mul_interval", "softmax_bounds", "topk_certified", "topk_rule"]

@@ -1,0 +1,226 @@
+"""The layer walk shared by every bound: which layers are supported, and each layer's interval rules.
+
+A model is bounded as the ordered list of its leaf layers (`bound_layers`), which is exactly what an
+nn.Sequential of nested nn.Sequentials computes. Each supported layer has two rules:
+
+- forward: enclose the layer's output for every input in an interval (and every parameter in the relative
+  parameter box of radius gamma);
+- backward: enclose the vector-Jacobian product v^T J of the layer for every v in an interval, every input in
+  the recorded forward interval and every parameter in the box; this is the step of the gradient bound.
+
+Semantics: the bounds describe the network in eval mode, whatever `model.training` is: Dropout and Identity are
+the identity and BatchNorm uses its running statistics (a fixed per-channel affine map). The parameter box
+(gamma) applies to the weights and biases of Linear and Conv2d only; Normalize has no parameters and BatchNorm
+is treated as a fixed affine map (its running statistics are not learnt by gradient, and its affine weights
+are commonly folded into the next layer). Anything else is refused with an error naming the layer, since a
+bound that silently ignored a layer would be unsound.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.utils import _pair
+
+from clearsight.bounds.interval import Interval, bilinear, endpoints, midrad, mul_mask_interval
+from clearsight.errors import ConfigError
+from clearsight.models.layers import Normalize
+
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+# identity in eval mode; bounds always describe the eval-mode network
+_IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+             nn.FeatureAlphaDropout)
+_SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.AvgPool2d, Normalize, *_BATCHNORM)
+SUPPORTED_NAMES = "Linear, Conv2d, ReLU, Flatten, AvgPool2d, Normalize, BatchNorm1d/2d (eval), Dropout, Identity"
+
+
+def bound_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The leaf layers of `model` in execution order, as (dotted name, module); identity layers are dropped.
+
+    Raises:
+        ConfigError: a layer has no sound interval rule (MaxPool, unknown layers, containers with their own
+            forward such as residual blocks, or unsupported options); the message names the layer.
+    """
+    layers: list[tuple[str, nn.Module]] = []
+    _visit(model, "", layers)
+    if not any(isinstance(m, nn.Linear | nn.Conv2d) for _, m in layers):
+        raise ConfigError("interval bounds need a model with at least one Linear or Conv2d layer")
+    return layers
+
+
+def _visit(module: nn.Module, name: str, out: list[tuple[str, nn.Module]]) -> None:
+    where = name or "the model's top level"
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        for child_name, child in module.named_children():
+            _visit(child, f"{name}.{child_name}" if name else child_name, out)
+        return
+    kind = type(module).__name__
+    if any(type(module).forward is cls.forward for cls in _IDENTITY if isinstance(module, cls)):
+        return
+    if isinstance(module, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d | nn.AdaptiveMaxPool2d):
+        raise ConfigError(f"interval bounds do not support {kind} at {where}; build small-cnn with pool='avg' "
+                          "(average pooling has a sound interval rule)")
+    # a subclass that overrides forward computes something else: refuse it rather than bound the base class
+    base = next((cls for cls in _SUPPORTED if isinstance(module, cls)), None)
+    if base is None or type(module).forward is not base.forward:
+        detail = (" (a container with its own forward, e.g. a residual block: bounds follow only plain "
+                  "nn.Sequential models)" if next(module.children(), None) is not None else "")
+        raise ConfigError(f"interval bounds do not support {kind} at {where}{detail}; supported layers: "
+                          f"{SUPPORTED_NAMES}")
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise ConfigError(f"interval bounds support Conv2d with zero padding only; {where} uses "
+                              f"padding_mode={module.padding_mode!r}")
+        _conv_padding(module, where)
+    if isinstance(module, _BATCHNORM) and (module.running_mean is None or module.running_var is None):
+        raise ConfigError(f"interval bounds need the running statistics of {kind} at {where} "
+                          "(track_running_stats=True): the bounds describe the eval-mode network")
+    out.append((name, module))
+
+
+def _conv_padding(conv: nn.Conv2d, where: str = "") -> tuple[int, int]:
+    """Numeric symmetric padding of `conv` (string paddings converted), as conv_transpose2d needs it."""
+    if not isinstance(conv.padding, str):
+        return _pair(conv.padding)
+    if conv.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    if any(t % 2 for t in total):
+        raise ConfigError(f"interval bounds need symmetric padding; Conv2d at {where} uses padding='same' with an "
+                          "even kernel; give the padding as numbers")
+    return (total[0] // 2, total[1] // 2)
+
+
+def _channel_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) [C] with module(x) = x * scale + shift per channel, for eval BatchNorm and Normalize."""
+    if isinstance(module, Normalize):
+        return 1.0 / module.std, -module.mean / module.std
+    bn = cast(_BatchNorm, module)
+    assert bn.running_mean is not None and bn.running_var is not None  # checked by the walk
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view((1, -1) + (1,) * (like.dim() - 2))
+
+
+def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, *, inplace: bool = False,
+                 record: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """Enclose module(x) for x in [mid ± rad] (parameters in the gamma box): the IBP step of one layer.
+
+    Returns (mid, rad, ctx); ctx holds what `backward_rule` needs (|W|, the ReLU's output endpoints, shapes) and
+    must stay intact if `record`. `inplace` lets the rule overwrite mid and rad (only without autograd).
+    """
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        op = F.linear if isinstance(module, nn.Linear) else _conv(module)
+        weight_abs = module.weight.abs()
+        out_mid, out_rad = bilinear(op, mid, rad, module.weight, gamma, module.bias, weight_abs=weight_abs)
+        return out_mid, out_rad, (mid, weight_abs)
+    if isinstance(module, nn.ReLU):
+        # ReLU is monotone: the image of [l, u] is [relu(l), relu(u)]; relu(l) > 0 iff l > 0, so the relu'd
+        # endpoints also give the derivative interval [1(l > 0), 1(u > 0)] for the backward pass
+        lower, upper = endpoints(mid, rad, inplace=inplace)
+        lower, upper = lower.relu_(), upper.relu_()
+        return (*midrad(lower, upper, inplace=inplace and not record), (lower, upper))
+    if isinstance(module, nn.AvgPool2d | nn.Flatten):
+        # linear with non-negative weights (or a reshape): maps the midpoint and the radius separately
+        return module(mid), module(rad), (mid,)
+    if isinstance(module, Normalize):
+        std = _per_channel(module.std, mid)
+        return (mid - _per_channel(module.mean, mid)) / std, rad / std, ()
+    scale, shift = _channel_affine(module)
+    return mid * _per_channel(scale, mid) + _per_channel(shift, mid), rad * _per_channel(scale.abs(), rad), ()
+
+
+def backward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple, *,
+                  inplace: bool = False) -> Interval:
+    """Enclose v^T J_module(x) for v in [mid ± rad], x in the forward interval (parameters in the gamma box).
+
+    Linear and Conv2d: multiply by the transposed weight interval (transposed convolution for Conv2d), a full
+    interval product when gamma > 0. ReLU: multiply elementwise by the derivative interval [1(l > 0), 1(u > 0)]
+    of its input interval [l, u] by the four-product rule, at every hidden ReLU. AvgPool2d: its adjoint.
+    Normalize and BatchNorm: the per-channel scale. Flatten: reshape back. `ctx` comes from `forward_rule`;
+    `inplace` lets the rule overwrite mid, rad and ctx (only without autograd; each ctx is used once).
+    """
+    if isinstance(module, nn.Linear):
+        return bilinear(torch.matmul, mid, rad, module.weight, gamma, weight_abs=ctx[1])
+    if isinstance(module, nn.Conv2d):
+        return bilinear(_conv_transpose(module, mid, ctx[0]), mid, rad, module.weight, gamma, weight_abs=ctx[1])
+    if isinstance(module, nn.ReLU):
+        # ctx holds relu(l), relu(u) >= 0, so sign() is the float mask [1(l > 0), 1(u > 0)] in one pass (strict
+        # inequalities: relu'(0) = 0 in autograd)
+        masks = [c.sign_() if inplace else c.detach().sign() for c in ctx]
+        product = mul_mask_interval(*endpoints(mid, rad, inplace=inplace), *masks, inplace=inplace)
+        return midrad(*product, inplace=inplace)
+    if isinstance(module, nn.AvgPool2d):
+        args = (ctx[0], _pair(module.kernel_size), _pair(module.stride), _pair(module.padding), module.ceil_mode,
+                module.count_include_pad, module.divisor_override)
+
+        def adjoint(v: torch.Tensor) -> torch.Tensor:
+            return torch.ops.aten.avg_pool2d_backward(v, *args)
+
+        return adjoint(mid), adjoint(rad)  # non-negative weights: the radius maps by the same adjoint
+    if isinstance(module, nn.Flatten):
+        return mid.reshape(ctx[0].shape), rad.reshape(ctx[0].shape)
+    if isinstance(module, Normalize):
+        std = _per_channel(module.std, mid)
+        return mid / std, rad / std
+    scale, _ = _channel_affine(module)
+    return mid * _per_channel(scale, mid), rad * _per_channel(scale.abs(), rad)
+
+
+def _conv(conv: nn.Conv2d):
+    return functools.partial(F.conv2d, stride=conv.stride, padding=_conv_padding(conv), dilation=conv.dilation,
+                             groups=conv.groups)
+
+
+def _conv_transpose(conv: nn.Conv2d, out: torch.Tensor, inp: torch.Tensor):
+    """The adjoint of `conv` as op(v, w): conv_transpose2d sized back to the conv's input `inp`."""
+    stride, dilation, padding = _pair(conv.stride), _pair(conv.dilation), _conv_padding(conv)
+    k = conv.kernel_size
+    # a strided conv maps several input sizes to one output size; output_padding picks the recorded one
+    output_padding = tuple(
+        inp.shape[2 + i] - ((out.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1)
+        for i in range(2))
+    return functools.partial(F.conv_transpose2d, stride=stride, padding=padding, output_padding=output_padding,
+                             groups=conv.groups, dilation=dilation)
+
+
+def propagate(layers: list[tuple[str, nn.Module]], mid: torch.Tensor, rad: torch.Tensor, gamma: float, *,
+              record: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
+    """Forward interval walk over `layers`; with `record`, every layer's ctx for `backpropagate`.
+
+    `mid` and `rad` belong to the walk (callers pass fresh tensors, e.g. from `midrad`): without autograd the
+    rules overwrite intermediate tensors instead of allocating new ones.
+    """
+    trace: list[tuple] = []
+    inplace = not torch.is_grad_enabled()
+    for _, module in layers:
+        mid, rad, ctx = forward_rule(module, mid, rad, gamma, inplace=inplace, record=record)
+        if record:
+            trace.append(ctx)
+    return mid, rad, trace
+
+
+def backpropagate(layers: list[tuple[str, nn.Module]], trace: list[tuple], mid: torch.Tensor, rad: torch.Tensor,
+                  gamma: float) -> Interval:
+    """Backward interval walk: enclose v^T J(x) from an output interval v, given the forward `trace`.
+
+    As in `propagate`, `mid` and `rad` belong to the walk; without autograd the rules work in place and consume
+    the trace.
+    """
+    inplace = not torch.is_grad_enabled()
+    for (_, module), ctx in zip(reversed(layers), reversed(trace), strict=True):
+        mid, rad = backward_rule(module, mid, rad, gamma, ctx, inplace=inplace)
+    return mid, rad
