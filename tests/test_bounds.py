@@ -364,6 +364,27 @@ def test_unknown_layers_and_residual_models_are_refused():
         bounds.bound_layers(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")))
 
 
+
+def test_a_module_used_twice_is_bounded_at_each_use():
+    """Sequential.forward runs a module listed twice twice; the bound must too (a skipped ReLU is unsound)."""
+    torch.manual_seed(4)
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(5, 6), relu, nn.Linear(6, 6), relu, nn.Linear(6, 2))
+    assert [name for name, _ in bounds.bound_layers(model)] == ["0", "1", "2", "3", "4"]
+    x = torch.rand(8, 5)
+    lo, hi = bounds.interval_forward(model, x, x)  # a point box is the forward pass
+    torch.testing.assert_close(lo, model(x).detach())
+    torch.testing.assert_close(hi, model(x).detach())
+
+
+def test_layers_with_forward_hooks_are_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    handle = model[2].register_forward_pre_hook(lambda _m, args: (args[0] * 2,))
+    with pytest.raises(ConfigError, match=r"forward hooks, but Linear at 2 has 1"):
+        bounds.interval_forward(model, torch.zeros(1, 4), torch.ones(1, 4))
+    handle.remove()
+    bounds.interval_forward(model, torch.zeros(1, 4), torch.ones(1, 4))
+
 def test_bad_arguments_get_clear_errors():
     model = build("mlp", num_classes=3, input_shape=(4,), widths=[5])
     x = torch.rand(2, 4)

@@ -5,7 +5,12 @@
     cs.bounds.certify(model, test_ds, eps=0.05, topk=5, sensitive="sex")  # certified fractions (result rows)
 
 Models must be plain nn.Sequential stacks of Linear, Conv2d, ReLU, Flatten, AvgPool2d, Normalize, eval BatchNorm,
-Dropout and Identity (build small-cnn with pool="avg"); anything else is refused with an error naming the layer.
+Dropout and Identity (build small-cnn with pool="avg"); anything else, and any layer with forward hooks, is
+refused with an error naming the layer.
+
+Soundness is that of exact interval arithmetic: rounding is not directed outward, so in floating point a true
+value within a few ulps of a bound can fall just outside it (the tests allow float tolerance). Certificates
+whose margins are that close to zero should not be trusted to the last bit.
 """
 
 from clearsight.bounds.certificates import (

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from clearsight.bounds.forward import check_unit_inputs, margin_bounds
+from clearsight.bounds.forward import check_radius, check_unit_inputs, margin_bounds
 from clearsight.bounds.gradient import gradient_bounds
 from clearsight.bounds.interval import input_box
 from clearsight.data.base import as_array_dataset
@@ -38,7 +38,8 @@ def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps:
 
     Returns:
         [B] per-sample bound (inf when `relative` and g(x) = 0 but the bound is positive). Sound: for every x' in
-        the box and every parameter in the gamma box, ||g(x') - g(x)||_p <= bound (times ||g(x)||_p if relative).
+        the box and every Linear/Conv2d parameter in the gamma box, ||g(x') - g(x)||_p <= bound (times
+        ||g(x)||_p if relative).
     """
     lower, upper = gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of)
     bound = torch.linalg.vector_norm((upper - lower).flatten(1), ord=p, dim=1)
@@ -99,6 +100,7 @@ def certified_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     """bool [B]: the prediction is provably y for every x' in the box: the IBP lower bound of z_y - z_j > 0 for all
     j != y (margins bounded through the last layer, see `margin_bounds`). Its mean is the certified accuracy."""
     check_unit_inputs(x)
+    check_radius(eps, "eps")
     margins = margin_bounds(model, *input_box(x, eps), y, gamma=gamma)
     margins = margins.scatter(1, y[:, None], float("inf"))
     return (margins > 0).all(dim=1)
@@ -122,6 +124,8 @@ def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, to
             "sex,race"), or feature names from `ds.feature_names`.
         batch_size: samples per bound computation (memory budget).
     """
+    check_radius(eps, "eps")  # before any work
+    check_radius(gamma, "gamma")
     data = as_array_dataset(ds)
     if (topk is None) != (sensitive is None or sensitive == ""):
         raise ConfigError("the top-k certificate needs both topk and sensitive (e.g. --topk 5 --sensitive sex)")

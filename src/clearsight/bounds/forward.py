@@ -65,8 +65,8 @@ def interval_forward(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor,
             w + gamma|w|] and every bias likewise (arXiv 2212.08507).
 
     Returns:
-        (lower, upper) of the logits [B, C]. Sound: for every x' in the box and every parameter in the gamma box,
-        lower <= f(x') <= upper. With lower == upper and gamma = 0 both equal the forward pass.
+        (lower, upper) of the logits [B, C]. Sound: for every x' in the box and every Linear/Conv2d parameter in
+        the gamma box, lower <= f(x') <= upper. With lower == upper and gamma = 0 both equal the forward pass.
     """
     check_box(lower, upper)
     check_radius(gamma, "gamma")

@@ -49,7 +49,7 @@ def gradient_bounds(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, 
             bounds on the logit interval).
 
     Returns:
-        (lower, upper) like x. Sound: for every x' in the box and every parameter in the gamma box,
+        (lower, upper) like x. Sound: for every x' in the box and every Linear/Conv2d parameter in the gamma box,
         lower <= g(x') <= upper, with g the gradient autograd computes (relu'(0) = 0). With eps = gamma = 0,
         lower == upper == g(x) up to float rounding. Differentiable in the model's parameters (for training).
     """

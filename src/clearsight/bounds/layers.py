@@ -55,11 +55,20 @@ def bound_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _visit(module: nn.Module, name: str, out: list[tuple[str, nn.Module]]) -> None:
     where = name or "the model's top level"
-    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-        for child_name, child in module.named_children():
-            _visit(child, f"{name}.{child_name}" if name else child_name, out)
-        return
     kind = type(module).__name__
+    if module._forward_hooks or module._forward_pre_hooks:
+        # a hook may change what the layer computes (old-style weight_norm/spectral_norm recompute the weight in
+        # a pre-hook); the rules below read the parameters directly, so they would bound another network
+        raise ConfigError(f"interval bounds cannot follow forward hooks, but {kind} at {where} has "
+                          f"{len(module._forward_hooks) + len(module._forward_pre_hooks)}; remove them (use "
+                          "torch.nn.utils.parametrizations for weight or spectral normalization)")
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        # _modules, not named_children(): Sequential.forward runs a module listed twice twice, named_children
+        # would list it once and the bound would skip its second use
+        for child_name, child in module._modules.items():
+            if child is not None:
+                _visit(child, f"{name}.{child_name}" if name else child_name, out)
+        return
     if any(type(module).forward is cls.forward for cls in _IDENTITY if isinstance(module, cls)):
         return
     if isinstance(module, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d | nn.AdaptiveMaxPool2d):
