@@ -179,6 +179,26 @@ def test_grad_cam_by_hand():
         assert torch.equal(A.grad_cam(model, x, t, layer=model.features), ours)
 
 
+
+def test_grad_cam_survives_in_place_ops_after_the_layer_and_a_frozen_trunk():
+    """VGG-style ReLU(inplace=True) after the hooked layer must not overwrite A (nor fail on a leaf), and
+    create_graph=True must work when nothing before the layer requires grad."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(1, 3, 3, padding=1)
+    head = nn.Linear(3 * 6 * 6, 4)
+    plain = nn.Sequential(OrderedDict(features=conv, act=nn.ReLU(), flatten=nn.Flatten(), logits=head)).eval()
+    inplace = nn.Sequential(OrderedDict(features=conv, act=nn.ReLU(inplace=True), flatten=nn.Flatten(),
+                                        logits=head)).eval()
+    x, t = torch.rand(2, 1, 6, 6), torch.tensor([1, 3])
+    expected = A.grad_cam(plain, x, t)
+    torch.testing.assert_close(A.grad_cam(inplace, x, t), expected)
+    torch.testing.assert_close(A.grad_cam(inplace, x, t, create_graph=True).detach(), expected)
+    conv.requires_grad_(False)  # frozen trunk, x without grad: A has no graph of its own
+    cam = A.grad_cam(plain, x, t, create_graph=True)
+    torch.testing.assert_close(cam.detach(), expected)
+    (g,) = torch.autograd.grad(cam.sum(), head.weight)  # the head is still reached through alpha
+    assert float(g.abs().sum()) > 0
+
 def test_grad_cam_layer_errors():
     with pytest.raises(ConfigError, match="no layer 'conv9'.*features.conv1"):
         A.grad_cam(small_cnn(), images(1), torch.tensor([0]), layer="conv9")

@@ -47,11 +47,14 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, layer: 
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ConfigError(f"grad_cam needs a convolutional layer with output [B, K, h, w]; layer {layer!r} "
                                   f"returns {shape}")
-            if not create_graph:
-                # start the graph at A: nothing before the layer is recorded or backpropagated
+            if not create_graph or not out.requires_grad:
+                # start the graph at A: nothing before the layer is recorded or backpropagated (also when the
+                # layers before it are frozen and x needs no grad, so that A itself has no graph)
                 out = out.detach().requires_grad_()
             captured.append(out)
-            return out
+            # the model goes on with a copy: an in-place op after the layer (ReLU(inplace=True)) must not
+            # overwrite the captured A, nor act in place on a leaf that requires grad
+            return out.clone()
 
         handle = module.register_forward_hook(keep)
         try:

@@ -6,9 +6,12 @@ at most `max_batch` rows: one batched forward+backward per chunk, so peak memory
 whatever n or B is, and chunks near the best batch size run at the speed floor. Chunks are balanced
 (ceil(B*n / max_batch) chunks of equal size) so no tiny tail chunk is run at poor throughput.
 
-Per-sample results are reduced on the fly into [B, ...] buffers: a weighted sum (IG, mean), or the mean and
-variance (vargrad) with Chan et al.'s pairwise update of each chunk's statistics, so a sample whose copies
-straddle chunks is merged exactly and nothing of size B * n is ever kept.
+Each chunk is reduced at once to per-sample statistics of the few samples it touches (a contiguous range, since
+rows are sample-major): the weighted sum (IG, mean), or the count, mean and sum of squared deviations
+(vargrad). Nothing of size B * n is kept, and no chunk touches the [B, ...] totals, so the bookkeeping costs
+O(rows) per chunk. The chunks' statistics are combined at the end with one index_add: sums add; variances combine
+by the parallel formula of Chan et al. (1979), M2 = sum_c [M2_c + n_c (mean_c - mean)^2], exact however a
+sample's copies are split across chunks.
 """
 
 from __future__ import annotations
@@ -83,30 +86,29 @@ def reduce_rows(attribute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     if total == 0:  # still call once so the output has the attribution's shape
         return attribute(perturb(idx, idx), target[:0])
     size = -(-total // -(-total // max_batch))  # equal chunks: no tiny tail chunk at poor throughput
-    count = sums = m2 = None  # running per-sample statistics, [B] and [B, ...out]
+    owners, counts, sums, m2s = [], [], [], []  # per chunk: its samples' ids [S], copies [S], sums, M2 [S, ...]
     for r0 in range(0, total, size):
         rows = idx[r0 : r0 + size]
         sample, copy = rows.div(n, rounding_mode="floor"), rows.remainder(n)
         a = attribute(perturb(sample, copy), target[sample])
-        if sums is None:
-            count = a.new_zeros(batch)
-            sums, m2 = a.new_zeros((batch, *a.shape[1:])), a.new_zeros((batch, *a.shape[1:]))
-        assert count is not None and m2 is not None
-        if not variance:
-            sums = sums.index_add(0, sample, a if weights is None else a * _expand(weights[copy], a))
-            continue
-        # this chunk's count, mean and squared deviations per sample, merged into the running ones
-        # (Chan et al. 1979), exact however a sample's copies are split across chunks
-        n_b = a.new_zeros(batch).index_add(0, sample, torch.ones_like(sample, dtype=a.dtype))
-        mean_b = a.new_zeros(sums.shape).index_add(0, sample, a) / _expand(n_b.clamp_min(1), a)
-        m2_b = a.new_zeros(sums.shape).index_add(0, sample, (a - mean_b[sample]) ** 2)
-        n_ab = count + n_b
-        delta = mean_b - sums  # `sums` holds the running mean in variance mode
-        share = _expand(n_b / n_ab.clamp_min(1), a)
-        sums = sums + delta * share
-        m2 = m2 + m2_b + delta * delta * _expand(count, a) * share
-        count = n_ab
-    assert sums is not None and m2 is not None
-    if variance:
-        return m2 / n
-    return sums if weights is not None else sums / n
+        if weights is not None:
+            a = a * _expand(weights[copy], a)
+        first, last = r0 // n, (r0 + rows.shape[0] - 1) // n  # the samples this chunk touches, in Python ints
+        local = sample - first
+        zeros = a.new_zeros((last - first + 1, *a.shape[1:]))
+        chunk_sum = zeros.index_add(0, local, a)
+        owners.append(torch.arange(first, last + 1, device=a.device))
+        sums.append(chunk_sum)
+        if variance:
+            count = a.new_zeros(last - first + 1).index_add(0, local, a.new_ones(a.shape[0]))
+            counts.append(count)
+            m2s.append(zeros.index_add(0, local, (a - (chunk_sum / _expand(count, a))[local]) ** 2))
+    owner = torch.cat(owners)
+    total_sum = sums[0].new_zeros((batch, *sums[0].shape[1:])).index_add(0, owner, torch.cat(sums))
+    if not variance:
+        return total_sum if weights is not None else total_sum / n
+    mean = total_sum / n
+    count = torch.cat(counts)
+    shift = torch.cat(sums) / _expand(count, total_sum) - mean[owner]  # chunk mean - overall mean
+    m2 = torch.zeros_like(total_sum).index_add(0, owner, torch.cat(m2s) + _expand(count, shift) * shift * shift)
+    return m2 / n
