@@ -3,6 +3,7 @@ robust accuracy, state restoration, input validation, explanation attacks and hy
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import partial
 from itertools import pairwise
 
@@ -517,6 +518,43 @@ def test_explanation_attack_rejects_a_non_differentiable_attribution(trained, ba
         attacks.explanation_attack(trained, batch[0][:2], batch[1][:2], attribution=local_gradient, topk=10_000)
 
 
+
+def test_targeted_explanation_attack_takes_a_map_shaped_like_the_attribution():
+    """grad_cam maps are [B, 1, H, W] whatever the channels of x: the target map is checked against the map."""
+    torch.manual_seed(2)
+    model = nn.Sequential(OrderedDict(features=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()),
+                                      flatten=nn.Flatten(), logits=nn.Linear(4 * 8 * 8, 3))).eval()
+    x = torch.rand(2, 3, 8, 8)
+    y = model(x).argmax(1)
+    cam = partial(cs.attributions.grad_cam, layer="features")
+    target_map = torch.zeros(2, 1, 8, 8)
+    target_map[:, :, :4, :4] = 1.0
+    x_adv = attacks.explanation_attack(model, x, y, attribution=cam, target_map=target_map, eps=0.1, steps=20)
+    assert within(x_adv, x, 0.1, "linf") and torch.equal(model(x_adv).argmax(1), y)
+    cos = lambda a: F.cosine_similarity(a.flatten(1), target_map.flatten(1), dim=1)  # noqa: E731
+    assert bool((cos(cam(model, x_adv, y)) >= cos(cam(model, x, y))).all())
+    with pytest.raises(DataError, match=r"shaped like the attribution \(2, 1, 8, 8\)"):
+        attacks.explanation_attack(model, x, y, attribution=cam, target_map=torch.zeros_like(x), steps=1)
+
+
+def test_a_sample_misclassified_already_stays_misclassified_after_a_random_start():
+    """With step size 0 the only candidates are x and the random start; x must win for a misclassified x."""
+    model = linear(1, 2)
+    with torch.no_grad():  # z_0 - z_1 = 2x - 1: class 0 above 0.5, class 1 below
+        model[1].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model[1].bias.copy_(torch.tensor([-0.5, 0.5]))
+    x = torch.full((400, 1), 0.49)
+    y = torch.zeros(400, dtype=torch.int64)  # every x is misclassified (predicted 1), 0.01 from the boundary
+    assert bool((model(x).argmax(1) == 1).all())
+    x_adv = attacks.pgd(model, x, y, eps=0.1, steps=1, step_size=0.0, generator=torch.Generator().manual_seed(0))
+    # a random start alone lands on the correct side (above 0.5) for about 45% of the samples
+    assert bool((model(x_adv).argmax(1) != y).all())
+
+
+def test_robust_accuracy_refuses_attacks_on_explanations(trained, batch):
+    with pytest.raises(ConfigError, match="changes the explanation, not the prediction"):
+        attacks.robust_accuracy(trained, batch[0][:2], batch[1][:2], ["explanation"])
+
 # ---- hygiene checks -----------------------------------------------------------------------------------------
 
 class Noisy(nn.Module):
@@ -532,6 +570,10 @@ class Quantize(nn.Module):
 def test_a_normal_model_passes_every_check(trained, batch):
     assert attacks.check(trained, *batch, eps=0.1) == []
 
+
+
+def test_an_empty_batch_has_nothing_to_warn_about(trained, batch):
+    assert attacks.check(trained, batch[0][:0], batch[1][:0], eps=0.1) == []
 
 def saturating(model: nn.Module) -> nn.Module:
     """Logits x 1000: the softmax saturates and cross-entropy gradients underflow to zero, margins do not."""

@@ -13,9 +13,12 @@ The algorithm (paper, Algorithm 1), with f the loss maximized and P the projecti
 All state is per sample. After a restart from x_max the momentum term is x_max - x_{k-1}, as the paper's
 update reads (and the authors' code does). dir() is sign for linf and the normalized gradient for l2 (the
 authors' l2 version). Deviations, documented: the random start is uniform in the ball (the authors draw it on
-the ball's surface), condition (1) uses the paper's strict "<" (the code uses "<="), and the returned point is
-the worst case of the shared loop (misclassified first, else highest loss), which matches the code's choice of
-x_best_adv for the samples it breaks.
+the ball's surface), condition (1) uses the paper's strict "<" (the code uses "<="), condition (2) may already
+fire at the first checkpoint (the paper's reading; the code treats the start as "just halved"), after a restart
+from x_max the next "loss increased" test compares with f_max (the loss of the point restarted from; the code
+compares with the iterate before the restart), and the returned point is the worst case of the shared loop
+(misclassified first, else highest loss), which matches the code's choice of x_best_adv for the samples it
+breaks.
 """
 
 from __future__ import annotations

@@ -76,8 +76,10 @@ def explanation_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, at
         attribution: `attribution(model, x, target, create_graph=...)`, e.g. a functools.partial of
             `clearsight.attributions.smoothgrad`; it must be differentiable in x with create_graph=True.
             None -> `clearsight.attributions.gradient`. Features are the flattened entries of the attribution.
+            It is called on a copy of the model, so a layer it hooks (grad_cam) must be given by name.
         topk: k of the untargeted attack.
-        target_map: the map to move the attribution to, shaped like x (targeted attack).
+        target_map: the map to move the attribution to, shaped like the attribution (like x for gradient-type
+            attributions, [B, 1, H, W] for grad_cam): the targeted attack.
         step_size: initial per-sample step; None -> 2.5 * eps / steps; halved for a sample at each rejected step.
         beta: softplus sharpness of the smoothed copy.
 
@@ -101,7 +103,7 @@ def explanation_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, at
         check_labels(y, num_classes=logits.shape[1])
         pred = logits.argmax(1)
         a0 = attribution(model, x, y).detach()
-        score = _scorer(a0, topk, target_map, x)
+        score = _scorer(a0, topk, target_map)
         best_x, best = x, score(a0)
         cur = x
         eta = torch.full((x.shape[0],) + (1,) * (x.dim() - 1), eta0, device=x.device, dtype=x.dtype)
@@ -127,14 +129,13 @@ def explanation_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, at
     return best_x.detach()
 
 
-def _scorer(a0: torch.Tensor, topk: int, target_map: torch.Tensor | None, x: torch.Tensor
-            ) -> Callable[[torch.Tensor], torch.Tensor]:
+def _scorer(a0: torch.Tensor, topk: int, target_map: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """score(a) -> [B], lower = attribution further from a0 (untargeted) or closer to the target map."""
     if target_map is not None:
-        if not isinstance(target_map, torch.Tensor) or target_map.shape != x.shape:
-            raise DataError(f"target_map must be a tensor shaped like x {tuple(x.shape)}, "
+        if not isinstance(target_map, torch.Tensor) or target_map.shape != a0.shape:
+            raise DataError(f"target_map must be a tensor shaped like the attribution {tuple(a0.shape)}, "
                             f"got {getattr(target_map, 'shape', type(target_map).__name__)}")
-        target = plain(target_map).to(device=x.device, dtype=x.dtype).flatten(1)
+        target = plain(target_map).to(device=a0.device, dtype=a0.dtype).flatten(1)
         return lambda a: -F.cosine_similarity(a.flatten(1), target, dim=1, eps=1e-12)
     n = a0[0].numel()
     if not 1 <= int(topk) <= n:

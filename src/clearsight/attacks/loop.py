@@ -2,10 +2,10 @@
 
 Each iteration makes exactly one forward and one backward pass at the current iterate; a `Stepper` turns the
 gradient into the next iterate (a fixed step for fgsm/pgd, the step-size schedule and momentum of apgd). The
-loop keeps per sample the worst case found over all iterates and restarts: an iterate that succeeds (is
-misclassified, or hits the target class) beats one that does not, and among equals the higher loss wins. The
-final iterate is scored with one extra forward pass. Restarts after the first attack only the samples no run
-has broken yet.
+loop keeps per sample the worst case found over x itself, all iterates and restarts: an iterate that succeeds
+(is misclassified, or hits the target class) beats one that does not, and among equals the higher loss wins.
+The final iterate is scored with one extra forward pass, and so is x when the run starts at a random point.
+Restarts after the first attack only the samples no run has broken yet.
 
 While attacking, the model is in eval mode and its parameters are frozen (no weight-gradient work); both are
 restored afterwards, also on exceptions. Inputs are never modified; the result stays on their device.
@@ -121,6 +121,12 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         ball = Ball(x, eps, norm)
         goal = Goal(loss, _labels(model, x, y, targeted, target), targeted)
         worst = _run(model, ball, goal, int(steps), stepper(ball), random_start, generator, keep)
+        if keep == "worst" and random_start:
+            # x itself is a candidate (without a random start it is the first iterate anyway): a sample that is
+            # misclassified already must not come back classified correctly from a random start
+            with torch.no_grad():
+                logits = model(x)
+            worst.offer(x, goal.value(logits), goal.success(logits))
         # without a random start every run is the same deterministic run: one is enough
         for _ in range(1, int(restarts) if random_start else 1):
             idx = (~worst.success).nonzero().squeeze(1)  # later restarts attack only samples not broken yet

@@ -9,7 +9,7 @@ from torch import nn
 
 from clearsight.attacks.registry import ATTACKS
 from clearsight.checks import check_inputs, check_labels
-from clearsight.errors import DataError
+from clearsight.errors import ConfigError, DataError
 from clearsight.modes import eval_mode
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,6 +31,10 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
     """
     check_inputs(x)
     check_labels(y, batch=x.shape[0])
+    for name in (a for a in attacks if isinstance(a, str)):
+        if ATTACKS.meta(name)["goal"] != "prediction":
+            raise ConfigError(f"attack {name!r} changes the {ATTACKS.meta(name)['goal']}, not the prediction, so it "
+                              "cannot lower robust accuracy; use a prediction attack such as pgd or apgd")
     fns = [ATTACKS.get(a) if isinstance(a, str) else a for a in attacks]
     robust = _correct(model, x, y)
     for attack in fns:
