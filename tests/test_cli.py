@@ -54,7 +54,7 @@ def test_evaluate_reopens_the_run_and_appends(trained_run, capsys):
 def test_help_and_list():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("list", "train", "evaluate"):
+    for command in ("list", "train", "evaluate", "certify"):
         assert command in result.stdout
     listing = run("list", "datasets")
     assert listing.returncode == 0
@@ -87,3 +87,60 @@ def test_existing_run_is_refused_and_left_intact(trained_run):
 def test_usage_errors_come_from_argparse():
     result = run("list", "widgets")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def credit_run(tmp_path_factory) -> Path:
+    """A small german-credit mlp trained from the command line on the real UCI file."""
+    from conftest import SHARED
+
+    out = tmp_path_factory.mktemp("runs") / "credit"
+    code = main(["train", "--dataset", "german-credit", "--model", "mlp", "--epochs", "3", "--out", str(out),
+                 "--set", f"data.root={SHARED}", "--set", "model.widths=[32,32]", "--set", "train.optimizer=adam",
+                 "--set", "train.lr=0.005", "--set", "train.progress=none"])
+    assert code == 0
+    return out
+
+
+def test_certify_appends_sound_certificates_to_the_run(credit_run, capsys):
+    from clearsight import bounds, data
+    from clearsight.runs import open_run
+
+    before = io.read_jsonl(credit_run / "results.jsonl")
+    assert main(["certify", str(credit_run), "--eps", "0", "0.01", "0.05", "--topk", "5", "--sensitive", "sex,age",
+                 "--delta", "0.5"]) == 0
+    assert "certified_topk" in capsys.readouterr().out
+    rows = io.read_jsonl(credit_run / "results.jsonl")
+    assert rows[: len(before)] == before  # appended, nothing earlier rewritten
+    new = rows[len(before):]
+    by = {(r["metric"], r["eps"]): r["value"] for r in new}
+    assert {m for m, _ in by} == {"certified_accuracy", "delta_bound", "certified_delta", "certified_topk"}
+    # at eps 0 the box is the point x: certified accuracy is the clean accuracy, the delta bound is 0
+    assert by["certified_accuracy", 0.0] == pytest.approx(before[0]["value"])
+    assert by["delta_bound", 0.0] == 0.0 and by["certified_delta", 0.0] == 1.0
+    for metric in ("certified_accuracy", "certified_delta", "certified_topk"):  # larger boxes certify less
+        assert by[metric, 0.0] >= by[metric, 0.01] >= by[metric, 0.05]
+    assert by["delta_bound", 0.01] <= by["delta_bound", 0.05]
+    # the rows are what the library computes for the same run
+    run = open_run(credit_run)
+    test = data.load("german-credit", "test", root=run.config.data.options["root"])
+    direct = bounds.certify(run.model, test, eps=0.01, topk=5, sensitive="sex,age", delta=0.5)
+    assert [(r["key"], r["value"]) for r in direct] == [(r["key"], r["value"]) for r in new if r["eps"] == 0.01]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "0.01"], "MaxPool2d"),                     # small-cnn with max pooling has no sound rule
+    (["--eps", "-1"], "eps must be a finite number >= 0"),
+])
+def test_certify_mistakes_exit_nonzero_and_write_nothing(trained_run, args, message):
+    before = (trained_run / "results.jsonl").read_bytes()
+    result = run("certify", str(trained_run), *args)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert (trained_run / "results.jsonl").read_bytes() == before
+
+
+def test_certify_topk_needs_sensitive_features(credit_run):
+    result = run("certify", str(credit_run), "--eps", "0.01", "--topk", "5")
+    assert result.returncode == 1 and "needs both topk and sensitive" in result.stderr
+    result = run("certify", str(credit_run), "--eps", "0.01", "--topk", "5", "--sensitive", "height")
+    assert result.returncode == 1 and "unknown sensitive attribute 'height'" in result.stderr

@@ -4,7 +4,7 @@
     train = cs.data.load("mnist-mini", split="train")
     model = cs.models.build("small-cnn", num_classes=10)
     cs.fit(model, cs.objectives.build("standard"), train, epochs=2, out_dir="runs/first")
-    cs.evaluate(model, cs.data.load("mnist-mini", split="test"))   # {"accuracy": ...}
+    cs.evaluate(model, cs.data.load("mnist-mini", split="test"))   # {"accuracy": ..., "robust_accuracy/...": ...}
 """
 
 from __future__ import annotations

@@ -118,6 +118,7 @@ def _idx_dataset(name: str, split: str, root: Path, download: bool, classes: lis
                    eps_grid=MNIST_EPS,
                    description="MNIST, 60,000 train / 10,000 test, IDX files in ROOT/mnist")
 def mnist(split: str, *, root: Path, download: bool = False) -> ArrayDataset:
+    """MNIST (LeCun et al.) from the official IDX files in ROOT/mnist; md5-verified download when asked."""
     return _idx_dataset("mnist", split, root, download, MNIST_CLASSES)
 
 
@@ -125,6 +126,7 @@ def mnist(split: str, *, root: Path, download: bool = False) -> ArrayDataset:
                    eps_grid=MNIST_EPS,
                    description="Fashion-MNIST, 60,000 train / 10,000 test, IDX files in ROOT/fashion-mnist")
 def fashion_mnist(split: str, *, root: Path, download: bool = False) -> ArrayDataset:
+    """Fashion-MNIST (Xiao et al., arXiv 1708.07747) from the IDX files in ROOT/fashion-mnist."""
     return _idx_dataset("fashion-mnist", split, root, download, FASHION_CLASSES)
 
 

@@ -1,0 +1,133 @@
+"""Contracts every registered entry keeps, iterated over the registries so that new entries are covered on
+registration (timm-style registry-driven tests).
+
+Kind-specific contracts live beside their kind and iterate their registry too: attributions
+(tests/test_attributions.py: state restored under injected failures, output shapes, input checks), attacks
+(tests/test_attacks.py: feasibility, state restored), models (tests/test_models.py: logits and named parts).
+This file holds what every kind shares (metadata the reports read, a description for `clearsight list`) and the
+contracts of objectives and metrics: the state of the model is left as found, outputs have the documented
+shapes, and an objective's loss reaches every parameter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from clearsight.attacks import ATTACKS
+from clearsight.attributions import ATTRIBUTIONS
+from clearsight.cli import _registries
+from clearsight.data import DATASETS
+from clearsight.metrics import METRICS
+from clearsight.models import MODELS, build
+from clearsight.objectives import OBJECTIVES, LossOutput
+from clearsight.objectives import build as build_objective
+
+PAPER = re.compile(r"arXiv[ :]\d{4}\.\d{4,5}")
+
+# metadata each kind must declare, and its type: reports and tests read these instead of special-casing names
+REQUIRED_META: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "datasets": {"kind": str, "num_classes": int, "embedded": bool},
+    "models": {"input_shape": tuple},
+    "objectives": {"needs_double_backprop": bool},
+    "attributions": {"paper": str, "multi_sample": bool, "output": str, "images_only": bool},
+    "attacks": {"norms": tuple, "goal": str, "paper": str},
+    "metrics": {"higher_is_better": bool, "needs_grad": bool},
+}
+
+# options a metric needs to be called (entries with required keyword-only options must appear here)
+METRIC_OPTIONS = {"robust_accuracy": {"eps": 0.05, "steps": 3}}
+
+
+def test_every_kind_is_listed_by_the_cli_and_has_a_metadata_contract():
+    assert set(_registries()) == set(REQUIRED_META)
+
+
+@pytest.mark.parametrize("kind, name", [(k, n) for k, reg in _registries().items() for n in reg.names()])
+def test_every_entry_declares_its_metadata_and_a_description(kind, name):
+    registry = _registries()[kind]
+    meta = registry.meta(name)
+    assert isinstance(meta.get("description"), str) and meta["description"].strip(), f"{kind} {name}"
+    for key, types in REQUIRED_META[kind].items():
+        assert isinstance(meta.get(key), types), f"{kind} {name}: metadata {key!r} missing or mistyped"
+    if meta.get("paper") is not None:  # baselines without a paper (standard training) declare None
+        assert PAPER.search(meta["paper"]), f"{kind} {name}: paper {meta['paper']!r} is no arXiv id"
+    assert inspect.getdoc(registry.get(name)), f"{kind} {name} has no docstring"
+
+
+def test_metadata_values_come_from_the_documented_vocabularies():
+    for name in ATTACKS.names():
+        meta = ATTACKS.meta(name)
+        assert meta["goal"] in ("prediction", "explanation") and set(meta["norms"]) <= {"linf", "l2"}
+        assert meta["norms"], name
+    for name in ATTRIBUTIONS.names():
+        assert ATTRIBUTIONS.meta(name)["output"] in ("input", "map")
+    for name in DATASETS.names():
+        assert DATASETS.meta(name)["kind"] in ("image", "tabular")
+
+
+# ---------------------------------------------------------------- objectives
+
+def model_state(model: nn.Module) -> tuple:
+    return ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()],
+            [{k: list(getattr(m, k)) for k in dir(m) if k.startswith("_") and k.endswith("hooks")
+              and isinstance(getattr(m, k), dict)} for m in model.modules()])
+
+
+def tiny_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return build("mlp", num_classes=3, input_shape=(1, 4, 4), widths=[12, 12]).train()
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+@pytest.mark.parametrize("progress", [None, 0.0, 0.7])
+def test_every_objective_returns_a_loss_that_reaches_every_parameter(name, progress):
+    model = tiny_mlp()
+    x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    before, x_copy = model_state(model), x.clone()
+    batch = {} if progress is None else {"progress": progress, "epoch": 0}
+    out = build_objective(name)(model, x, y, **batch)
+    assert isinstance(out, LossOutput) and out.loss.dim() == 0 and bool(torch.isfinite(out.loss))
+    assert out.logs and all(isinstance(v, float) for v in out.logs.values())
+    if out.logits is not None:
+        assert out.logits.shape == (6, 3) and not out.logits.requires_grad
+    grads = torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    assert model_state(model) == before and torch.equal(x, x_copy)
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_every_metric_with_required_options_is_given_some():
+    for name in METRICS.names():
+        required = [p.name for p in inspect.signature(METRICS.get(name)).parameters.values()
+                    if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+        assert set(required) <= set(METRIC_OPTIONS.get(name, {})), f"add {name}'s options to METRIC_OPTIONS"
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_every_metric_is_per_sample_and_leaves_the_model_alone(name):
+    model = tiny_mlp().eval()
+    x, y = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    before, x_copy = model_state(model), x.clone()
+    torch.manual_seed(1)  # the same random starts for both calls of a randomized metric
+    values = METRICS.get(name)(model, x, y, **METRIC_OPTIONS.get(name, {}))
+    assert values.shape == (5,) and values.is_floating_point() and bool(torch.isfinite(values).all())
+    assert model_state(model) == before and torch.equal(x, x_copy)
+    # per sample: the first samples' values do not depend on the samples after them
+    torch.manual_seed(1)
+    head = METRICS.get(name)(model, x[:2], y[:2], **METRIC_OPTIONS.get(name, {}))
+    torch.testing.assert_close(head, values[:2])
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_builds_from_its_declared_input_shape(name):
+    shape = MODELS.meta(name)["input_shape"]
+    model = build(name, num_classes=4).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, *shape)).shape == (2, 4)
