@@ -4,6 +4,7 @@ eps, with test accuracy within 3 points)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -81,6 +82,20 @@ def test_ibp_worst_case_logits_literal_and_elision_is_tighter():
     assert elided.logs["ce_robust"] < plain.logs["ce_robust"]
     half = ibp(model, x, y, eps=0.05, kappa_end=0.25)
     torch.testing.assert_close(half.loss, 0.25 * F.cross_entropy(model(x), y) + 0.75 * elided.loss)
+    # elided worst case, literally: logit j = -(lower bound of z_y - z_j) = upper bound of z_j - z_y, y at 0;
+    # with a parameter box too, and checked against sampled networks of that box
+    boxed = ibp(model, x, y, eps=0.05, gamma=0.02, kappa_end=0.0)
+    worst = -bounds.margin_bounds(model, lower, upper, y, gamma=0.02)
+    torch.testing.assert_close(boxed.loss, F.cross_entropy(worst, y))
+    for _ in range(50):
+        noisy = copy.deepcopy(model)
+        with torch.no_grad():
+            for layer in noisy.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    for p in (layer.weight, layer.bias):
+                        p.add_(0.02 * p.abs() * (2 * torch.rand_like(p) - 1))
+            z = noisy(lower + (upper - lower) * torch.rand_like(x))
+        assert bool((z - z.gather(1, y[:, None]) <= worst + 1e-5).all())
 
 
 def test_schedules_follow_progress():
@@ -106,7 +121,7 @@ def test_schedules_follow_progress():
 def test_bad_options_are_refused():
     model = build("mlp", num_classes=3, input_shape=(7,), widths=[8])
     x, y = torch.rand(4, 7), torch.tensor([0, 1, 2, 0])
-    with pytest.raises(ConfigError, match="alpha must be >= 0"):
+    with pytest.raises(ConfigError, match="alpha must be a finite number >= 0"):
         certified_explanation(model, x, y, alpha=-1.0)
     with pytest.raises(ConfigError, match="warmup <= ramp"):
         certified_explanation(model, x, y, warmup=0.6, ramp=0.5)

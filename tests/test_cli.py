@@ -144,3 +144,14 @@ def test_certify_topk_needs_sensitive_features(credit_run):
     assert result.returncode == 1 and "needs both topk and sensitive" in result.stderr
     result = run("certify", str(credit_run), "--eps", "0.01", "--topk", "5", "--sensitive", "height")
     assert result.returncode == 1 and "unknown sensitive attribute 'height'" in result.stderr
+
+
+def test_a_bad_out_path_is_refused_before_any_work(trained_run, tmp_path):
+    before = (trained_run / "results.jsonl").read_bytes()
+    result = run("evaluate", str(trained_run), "--suite", "clean", "--out", str(tmp_path))
+    assert result.returncode == 1 and "is a directory" in result.stderr and "Traceback" not in result.stderr
+    result = run("certify", str(trained_run), "--eps", "0.01", "--out", str(tmp_path / "missing" / "r.jsonl"))
+    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = run("certify", str(trained_run), "--eps", "0.01", "-1")  # every eps checked before any work
+    assert result.returncode == 1 and "eps must be a finite number >= 0" in result.stderr
+    assert (trained_run / "results.jsonl").read_bytes() == before

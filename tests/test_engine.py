@@ -191,8 +191,70 @@ def test_quick_suite_robust_accuracy_matches_the_linear_closed_form():
         expected = float((margin > eps * w.abs().sum()).float().mean())
         assert result[f"robust_accuracy/attack=pgd/eps={eps}/norm=linf/steps=20"] == pytest.approx(expected)
     assert 0 < result["robust_accuracy/attack=pgd/eps=0.2/norm=linf/steps=20"] < result["accuracy"] == 1.0
-    assert result["hygiene"] == 0.0
+    assert result["hygiene/eps=0.2/max_gap=None/norm=linf"] == 0.0
 
+
+
+def linear_binary(seed: int = 3, n: int = 400):
+    """z = (w.x, 0) with labels = predictions, inputs whose linf balls of radius <= 0.2 stay inside [0, 1]."""
+    torch.manual_seed(seed)
+    w = torch.randn(16)
+    model = nn.Sequential(nn.Linear(16, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.stack([w, torch.zeros(16)]))
+    x = 0.3 + 0.4 * torch.rand(n, 16)
+    y = (x @ w < 0).long()
+    return model, w, cs.data.ArrayDataset(x, y, classes=["pos", "neg"], name="toy", split="test")
+
+
+def test_full_suite_worst_case_row_runs_each_attack_with_its_own_options():
+    model, w, ds = linear_binary(n=200)
+    rows = {r["key"]: r for r in cs.evaluate_rows(model, ds, suite="full", eps_grid={"linf": (0.05, 0.2)})}
+    margin = (ds.x @ w).abs()
+    for eps in (0.05, 0.2):
+        expected = float((margin > eps * w.abs().sum()).float().mean())
+        pgd = rows[f"robust_accuracy/attack=pgd/eps={eps}/norm=linf/steps=40"]
+        both = rows[f"robust_accuracy/attack=pgd+apgd:loss=ce,steps=100/eps={eps}/norm=linf/steps=40"]
+        assert pgd["value"] == pytest.approx(expected) and both["value"] == pytest.approx(expected)
+    assert rows["hygiene/eps=0.2/norm=linf"]["warnings"] == []
+    spec = cs.metrics.suite("full", eps_grid={"linf": (0.1,)}, num_classes=10)
+    assert ("robust_accuracy", {"attack": "pgd+apgd:loss=dlr,steps=100", "norm": "linf", "eps": 0.1,
+                                "steps": 40}) in spec.rows
+    with pytest.raises(ConfigError, match=r"eps_grid\['linf'\] must be a non-empty list"):
+        cs.metrics.suite("full", eps_grid={"linf": ()}, num_classes=10)
+
+
+def test_attack_specs_give_each_attack_its_options():
+    from clearsight.metrics.accuracy import parse_attacks
+
+    assert parse_attacks("pgd+apgd:steps=100,loss=dlr") == [("pgd", {}), ("apgd", {"steps": 100, "loss": "dlr"})]
+    assert parse_attacks("pgd:restarts=2,step_size=0.01") == [("pgd", {"restarts": 2, "step_size": 0.01})]
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_attacks("pgd:steps")
+    model, _, ds = linear_binary(n=8)
+    with pytest.raises(ConfigError, match="changes the explanation, not the prediction"):
+        cs.metrics.get("robust_accuracy")(model, ds.x, ds.y, eps=0.1, attack="explanation")
+
+
+def test_evaluation_is_seeded_and_leaves_the_global_rng_alone():
+    _, _, ds = linear_binary(n=64)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2))  # non-linear: random starts matter
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = cs.evaluate(model, ds, eps_grid={"linf": (0.1, 0.2)})
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert cs.evaluate(model, ds, eps_grid={"linf": (0.1, 0.2)}) == first
+
+
+def test_result_rows_are_standard_json_and_keep_their_fields(tmp_path):
+    path = tmp_path / "results.jsonl"
+    io.append_jsonl(path, [{"key": "delta_bound", "value": float("inf"), "p": float("inf"), "n": 2}])
+    text = path.read_text()
+    assert "Infinity" not in text and json.loads(text) == {"key": "delta_bound", "value": "inf", "p": "inf", "n": 2}
+    from clearsight.metrics.registry import row_key
+
+    with pytest.raises(ConfigError, match="option named 'n', which result rows reserve"):
+        row_key("max_sensitivity", {"n": 10, "radius": 0.1})
 
 def test_learning_rate_schedules():
     cos = TrainConfig(schedule="cosine")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from clearsight import __version__, io
-from clearsight.errors import ClearsightError
+from clearsight.errors import ClearsightError, ConfigError
 
 
 def _registries() -> dict[str, Any]:
@@ -95,8 +95,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device or "auto")
     run = open_run(args.run_dir, device=device)
-    rows = engine.evaluate_rows(run.model, load_data(run.config, "test"), suite=args.suite, device=device)
-    target = Path(args.out) if args.out else run.path / "results.jsonl"
+    target = _results_target(args.out, run.path)
+    rows = engine.evaluate_rows(run.model, load_data(run.config, "test"), suite=args.suite, device=device,
+                                seed=args.seed)
     io.append_jsonl(target, rows)
     _print_rows(rows)
     print(f"results appended to {target}")
@@ -105,21 +106,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     from clearsight import bounds
+    from clearsight.bounds.forward import check_radius
     from clearsight.modes import resolve_device
     from clearsight.runs import load_data, open_run
 
+    for eps in args.eps:  # every radius is checked before any work
+        check_radius(eps, "eps")
     device = resolve_device(args.device or "auto")
     run = open_run(args.run_dir, device=device)
+    target = _results_target(args.out, run.path)
     test = load_data(run.config, "test")
     rows = []
     for eps in args.eps:
         rows += bounds.certify(run.model, test, eps=eps, gamma=args.gamma, topk=args.topk, sensitive=args.sensitive,
                                delta=args.delta, p=args.p, of=args.of, relative=not args.absolute, device=device)
-    target = Path(args.out) if args.out else run.path / "results.jsonl"
     io.append_jsonl(target, rows)
     _print_rows(rows)
     print(f"results appended to {target}")
     return 0
+
+
+def _results_target(out: str | None, run_dir: Path) -> Path:
+    """The JSON-lines file results go to, checked before the (long) computation so a typo costs nothing."""
+    target = Path(out) if out else run_dir / "results.jsonl"
+    if target.is_dir():
+        raise ConfigError(f"--out {target} is a directory; give a file name such as {target / 'results.jsonl'}")
+    if not target.parent.is_dir():
+        raise ConfigError(f"cannot write {target}: the folder {target.parent} does not exist")
+    if target.exists():
+        io.read_jsonl(target)  # an existing file must hold rows we can append to
+    return target
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
@@ -174,6 +190,7 @@ def parser() -> argparse.ArgumentParser:
                     help="clean: accuracy; quick (default): + pgd-20 robust accuracy at two linf budgets and "
                          "gradient-masking checks; full: pgd-40 and pgd+apgd at every budget of the dataset")
     ev.add_argument("--out", help="JSON-lines file to append the rows to (default RUN_DIR/results.jsonl)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
     ev.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -213,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ClearsightError as err:
+        print(f"clearsight: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a file that cannot be read or written (permissions, a full disk): no traceback
         print(f"clearsight: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

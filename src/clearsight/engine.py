@@ -334,31 +334,36 @@ def _reporter(mode: str, world: distributed.World) -> _Reporter:
 # ---- evaluation ----------------------------------------------------------------------------------------------
 
 def evaluate(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
-             device: str | torch.device = "auto",
-             eps_grid: Mapping[str, tuple[float, ...]] | None = None) -> dict[str, float]:
+             device: str | torch.device = "auto", eps_grid: Mapping[str, tuple[float, ...]] | None = None,
+             seed: int = 0) -> dict[str, float]:
     """Score `model` on `ds` with the rows of `suite`; returns {row key: mean value}.
 
     Row keys are the metric name followed by its options, e.g. "accuracy" or
-    "robust_accuracy/attack=pgd/eps=0.3/norm=linf/steps=20"; the "hygiene" row counts the warnings of
+    "robust_accuracy/attack=pgd/eps=0.3/norm=linf/steps=20"; the "hygiene/..." row counts the warnings of
     `clearsight.attacks.check` (signs of gradient masking). `evaluate_rows` gives the full rows (with sample
     count, direction, dataset and the warnings' text) that `clearsight evaluate` writes to results.jsonl.
 
     Args:
         suite: "clean", "quick" or "full" (see `clearsight.metrics.suites`).
         eps_grid: attack budgets {"linf": (...), "l2": (...)}; None -> the dataset's registered grid.
+        seed: seeds the random starts of the attacks, so that an evaluation is repeatable; torch's global RNG
+            is left as it was.
+
+    The model is moved to `device` (and stays there); its train/eval flags are restored.
     """
-    rows = evaluate_rows(model, ds, suite=suite, batch_size=batch_size, device=device, eps_grid=eps_grid)
+    rows = evaluate_rows(model, ds, suite=suite, batch_size=batch_size, device=device, eps_grid=eps_grid, seed=seed)
     return {row["key"]: row["value"] for row in rows}
 
 
 def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
-                  device: str | torch.device = "auto",
-                  eps_grid: Mapping[str, tuple[float, ...]] | None = None) -> list[dict[str, Any]]:
+                  device: str | torch.device = "auto", eps_grid: Mapping[str, tuple[float, ...]] | None = None,
+                  seed: int = 0) -> list[dict[str, Any]]:
     """Per-metric result rows of `suite` on `ds`: each metric is computed per sample, batch by batch."""
     from clearsight.attacks import check
     from clearsight.data import DATASETS
     from clearsight.metrics import METRICS
     from clearsight.metrics import suite as make_suite
+    from clearsight.metrics.registry import row_key
 
     data = as_array_dataset(ds)
     if eps_grid is None and data.name in DATASETS:
@@ -369,18 +374,21 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_
     _check_model_fits(model, data, dev)
     where = {"dataset": data.name, "split": data.split, "suite": suite}
     rows = []
-    with eval_mode(model):
+    devices = [dev] if dev.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
         for name, opts in spec.rows:
             metric = METRICS.get(name)
+            key = row_key(name, opts)
             values = torch.cat([metric(model, data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev),
                                        **opts).detach() for i in range(0, len(data), batch_size)])
-            key = name + "".join(f"/{k}={v}" for k, v in sorted(opts.items()))
             rows.append({"key": key, "metric": name, **opts, "value": float(values.float().mean()),
                          "n": int(values.shape[0]), "higher_is_better": METRICS.meta(name)["higher_is_better"],
                          **where})
         if spec.hygiene is not None:
             n = min(len(data), HYGIENE_SAMPLES)
             warnings = check(model, data.x[:n].to(dev), data.y[:n].to(dev), **spec.hygiene)
-            rows.append({"key": "hygiene", "metric": "hygiene", **spec.hygiene, "value": float(len(warnings)),
-                         "n": n, "higher_is_better": False, "warnings": warnings, **where})
+            rows.append({"key": row_key("hygiene", spec.hygiene), "metric": "hygiene", **spec.hygiene,
+                         "value": float(len(warnings)), "n": n, "higher_is_better": False, "warnings": warnings,
+                         **where})
     return rows

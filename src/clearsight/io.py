@@ -8,6 +8,7 @@ is read with `torch.load(weights_only=True)`, which refuses arbitrary pickled ob
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -69,7 +70,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(_plain(r)) + "\n" for r in rows))
+    """Rows as standard JSON, one per line; non-finite floats become the strings "inf", "-inf", "nan" (Python's
+    json would write the non-standard Infinity/NaN tokens that jq and JavaScript refuse)."""
+    write_text(path, "".join(json.dumps(_finite(_plain(r)), allow_nan=False) + "\n" for r in rows))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf", "-inf", "nan"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

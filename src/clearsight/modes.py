@@ -46,4 +46,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but this machine has no usable CUDA; use auto or cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s), numbered from 0")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} asked for, but MPS is not available here; use auto or cpu")
     return resolved

@@ -19,6 +19,7 @@ from clearsight.bounds.gradient import gradient_bounds
 from clearsight.bounds.interval import input_box
 from clearsight.data.base import as_array_dataset
 from clearsight.errors import ConfigError
+from clearsight.metrics.registry import ROW_FIELDS, row_key
 from clearsight.modes import resolve_device
 
 
@@ -41,6 +42,7 @@ def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps:
         the box and every Linear/Conv2d parameter in the gamma box, ||g(x') - g(x)||_p <= bound (times
         ||g(x)||_p if relative).
     """
+    check_norm(p)
     lower, upper = gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of)
     bound = torch.linalg.vector_norm((upper - lower).flatten(1), ord=p, dim=1)
     if not relative:
@@ -50,10 +52,25 @@ def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps:
     return torch.where(bound == 0, torch.zeros_like(bound), bound / scale)
 
 
+def check_norm(p: float) -> None:
+    if not (isinstance(p, int | float) and p > 0):  # also refuses NaN
+        raise ConfigError(f"the norm p of the delta bound must be > 0 (e.g. 1, 2 or inf), got {p!r}")
+
+
 def delta_certified(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, delta: float, eps: float,
                     gamma: float = 0.0, p: float = 2.0, of: str = "logit", relative: bool = False) -> torch.Tensor:
     """bool [B]: the explanation provably moves by at most `delta` (see `delta_bound`) inside the box."""
     return delta_bound(model, x, target, eps=eps, gamma=gamma, p=p, of=of, relative=relative) <= delta
+
+
+def check_topk(n: int, sensitive: Sequence[int], k: int) -> list[int]:
+    """The sorted sensitive indices, or a clear error when they or k do not fit n features."""
+    idx = sorted({int(i) for i in sensitive})
+    if not idx or idx[0] < 0 or idx[-1] >= n:
+        raise ConfigError(f"sensitive feature indices must be a non-empty subset of 0..{n - 1}, got {list(sensitive)}")
+    if not 1 <= int(k) <= n - len(idx):
+        raise ConfigError(f"topk must be in 1..{n - len(idx)} (the number of non-sensitive features), got {k}")
+    return idx
 
 
 def topk_rule(lower: torch.Tensor, upper: torch.Tensor, sensitive: Sequence[int], k: int) -> torch.Tensor:
@@ -76,11 +93,7 @@ def topk_rule(lower: torch.Tensor, upper: torch.Tensor, sensitive: Sequence[int]
     """
     lower, upper = lower.flatten(1), upper.flatten(1)
     n = lower.shape[1]
-    idx = sorted({int(i) for i in sensitive})
-    if not idx or idx[0] < 0 or idx[-1] >= n:
-        raise ConfigError(f"sensitive feature indices must be a non-empty subset of 0..{n - 1}, got {list(sensitive)}")
-    if not 1 <= int(k) <= n - len(idx):
-        raise ConfigError(f"topk must be in 1..{n - len(idx)} (the number of non-sensitive features), got {k}")
+    idx = check_topk(n, sensitive, k)
     mag_hi = torch.maximum(lower.abs(), upper.abs())
     mag_lo = torch.where((lower > 0) | (upper < 0), torch.minimum(lower.abs(), upper.abs()), torch.zeros_like(lower))
     is_sensitive = torch.zeros(n, dtype=torch.bool, device=lower.device)
@@ -129,7 +142,10 @@ def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, to
     data = as_array_dataset(ds)
     if (topk is None) != (sensitive is None or sensitive == ""):
         raise ConfigError("the top-k certificate needs both topk and sensitive (e.g. --topk 5 --sensitive sex)")
+    check_norm(p)
     features = _sensitive_features(data, sensitive) if topk is not None else None
+    if features is not None:  # before any bound is computed
+        check_topk(data.x[0].numel(), features, int(topk or 0))
     dev = resolve_device(device)
     model.to(dev)
     parts: dict[str, list[torch.Tensor]] = {"certified_accuracy": [], "delta_bound": [], "certified_topk": []}
@@ -156,9 +172,8 @@ def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, to
 
 
 def _row(metric: str, values: torch.Tensor, higher_is_better: bool, opts: dict[str, Any]) -> dict[str, Any]:
-    keyed = {k: v for k, v in opts.items() if k not in ("n", "dataset", "split")}
-    key = metric + "".join(f"/{k}={v}" for k, v in sorted(keyed.items()))
-    return {"key": key, "metric": metric, **opts, "value": float(values.float().mean()),
+    keyed = {k: v for k, v in opts.items() if k not in ROW_FIELDS}
+    return {"key": row_key(metric, keyed), "metric": metric, **opts, "value": float(values.float().mean()),
             "higher_is_better": higher_is_better}
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
+from clearsight.errors import ConfigError
 from clearsight.metrics.registry import METRICS
 
 
@@ -25,17 +27,50 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
     """Per-sample robustness [B] under `attack` at `eps` (METHODS.md: the AutoAttack worst-case convention).
 
     Args:
-        attack: a registered prediction attack ("pgd", "apgd", "fgsm"), or several joined by "+"
-            ("pgd+apgd"): a sample counts as robust only if every one of them fails.
-        steps, loss, restarts: passed to each attack (fgsm takes none of them but `loss`).
+        attack: a registered prediction attack ("pgd", "apgd", "fgsm"), or several joined by "+": a sample
+            counts as robust only if every one of them fails. Each may carry its own options after a colon,
+            which override the shared ones: "pgd+apgd:steps=100,loss=dlr" runs pgd with `steps` and `loss`
+            and apgd-100 with the dlr loss.
+        steps, loss, restarts: the shared options of every attack (fgsm takes none of them but `loss`).
     """
     from clearsight import attacks  # attacks import metrics-free modules only; keep the import local anyway
 
     fns = []
-    for name in attack.split("+"):
-        opts = {"eps": eps, "norm": norm, "loss": loss}
+    for name, own in parse_attacks(attack):
+        if attacks.ATTACKS.meta(name)["goal"] != "prediction":
+            raise ConfigError(f"attack {name!r} changes the {attacks.ATTACKS.meta(name)['goal']}, not the "
+                              "prediction; robust accuracy needs prediction attacks such as pgd or apgd")
+        opts: dict[str, Any] = {"eps": eps, "norm": norm, "loss": loss}
         if name != "fgsm":
             opts |= {"steps": steps, "restarts": restarts}
+        opts |= own
         attacks.ATTACKS.check_options(name, opts)
         fns.append(partial(attacks.get(name), **opts))
     return attacks.robust_accuracy(model, x, y, fns)
+
+
+def parse_attacks(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """"pgd+apgd:steps=100,loss=dlr" -> [("pgd", {}), ("apgd", {"steps": 100, "loss": "dlr"})].
+
+    Values are read as int, then float, then bool (true/false), else kept as text.
+    """
+    out = []
+    for part in spec.split("+"):
+        name, _, options = part.strip().partition(":")
+        own: dict[str, Any] = {}
+        for item in filter(None, (o.strip() for o in options.split(","))):
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"attack options must be key=value pairs, got {item!r} in {spec!r}")
+            own[key.strip()] = _value(text.strip())
+        out.append((name, own))
+    return out
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)

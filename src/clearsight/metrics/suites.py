@@ -4,10 +4,11 @@ A suite is a list of (metric name, options) rows plus the options of the hygiene
 None to skip it. Budgets come from the dataset's registry metadata `eps_grid` ({"linf": (...), "l2": (...)}).
 
     clean  accuracy
-    quick  accuracy; pgd-20 robust accuracy at the smallest and largest linf eps; hygiene checks without the
-           (expensive) more-steps-and-restarts comparison
-    full   accuracy; pgd-40 at every eps of every norm; the worst case of pgd-40 and apgd-100 (dlr loss, or ce
-           for fewer than 3 classes) at every eps; all hygiene checks
+    quick  accuracy; pgd-20 robust accuracy at the smallest and largest eps of linf (or of the dataset's first
+           norm when it has no linf budgets); hygiene checks without the (expensive) more-steps-and-restarts
+           comparison
+    full   accuracy; pgd-40 at every eps of every norm; the worst case of pgd-40 (ce) and apgd-100 (dlr loss, or
+           ce for fewer than 3 classes) at every eps; all hygiene checks
 """
 
 from __future__ import annotations
@@ -38,17 +39,19 @@ def suite(name: str, *, eps_grid: dict[str, tuple[float, ...]] | None, num_class
     if not eps_grid:
         raise ConfigError(f"suite {name!r} attacks the model but the dataset declares no attack budgets; pass "
                           "eps_grid={'linf': (...), 'l2': (...)} to evaluate, or use suite='clean'")
-    linf = sorted(eps_grid.get("linf", ()))
+    for norm, grid in eps_grid.items():
+        if not grid or any(not float(e) >= 0 for e in grid):
+            raise ConfigError(f"eps_grid[{norm!r}] must be a non-empty list of budgets >= 0, got {grid!r}")
+    norm = "linf" if "linf" in eps_grid else sorted(eps_grid)[0]
+    budgets = sorted(eps_grid[norm])
     if name == "quick":
-        for eps in sorted({linf[0], linf[-1]} if linf else ()):
-            rows.append(("robust_accuracy", {"attack": "pgd", "norm": "linf", "eps": eps, "steps": 20}))
-        hygiene = {"eps": linf[-1], "norm": "linf", "max_gap": None} if linf else None
-        return Suite(name, rows, hygiene)
+        for eps in sorted({budgets[0], budgets[-1]}):
+            rows.append(("robust_accuracy", {"attack": "pgd", "norm": norm, "eps": eps, "steps": 20}))
+        return Suite(name, rows, {"eps": budgets[-1], "norm": norm, "max_gap": None})
     apgd_loss = "dlr" if num_classes >= 3 else "ce"
-    for norm, grid in sorted(eps_grid.items()):
+    for grid_norm, grid in sorted(eps_grid.items()):
         for eps in sorted(grid):
-            rows.append(("robust_accuracy", {"attack": "pgd", "norm": norm, "eps": eps, "steps": 40}))
-            rows.append(("robust_accuracy", {"attack": "pgd+apgd", "norm": norm, "eps": eps, "steps": 100,
-                                             "loss": apgd_loss}))
-    norm = "linf" if linf else sorted(eps_grid)[0]
-    return Suite(name, rows, {"eps": max(eps_grid[norm]), "norm": norm})
+            rows.append(("robust_accuracy", {"attack": "pgd", "norm": grid_norm, "eps": eps, "steps": 40}))
+            rows.append(("robust_accuracy", {"attack": f"pgd+apgd:loss={apgd_loss},steps=100", "norm": grid_norm,
+                                             "eps": eps, "steps": 40}))
+    return Suite(name, rows, {"eps": budgets[-1], "norm": norm})

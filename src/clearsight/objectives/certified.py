@@ -8,6 +8,8 @@ BatchNorm on running statistics); the clean cross-entropy uses the model as it i
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,8 +34,8 @@ def schedule_factor(progress: float | None, *, warmup: float, end: float) -> flo
 
 def _check_schedule(warmup: float, end: float, **radii: float) -> None:
     for name, value in radii.items():
-        if not value >= 0:  # also catches NaN
-            raise ConfigError(f"{name} must be >= 0, got {value}")
+        if not 0 <= value < math.inf:  # also catches NaN
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
     if not 0.0 <= warmup <= end <= 1.0:
         raise ConfigError(f"need 0 <= warmup <= ramp <= 1 (fractions of training), got warmup={warmup}, ramp={end}")
 
@@ -56,7 +58,8 @@ def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         alpha: weight of the width penalty (authors: 0.1 to 1).
         eps: final l-infinity input radius (authors: up to 0.1).
         gamma: final relative parameter radius (authors: up to 0.05).
-        of: the gradient bounded: "logit" (d z_y / dx) or "ce" (d CE / dx).
+        of: the gradient bounded: "logit" (d z_y / dx, the explanation METHODS.md certifies, the default) or
+            "ce" (d CE / dx, the loss gradient, which interval-gradient regularizers also use).
         ramp: fraction of training at which eps and gamma reach their final values.
         warmup: fraction of training before the ramp starts (radii 0, penalty 0).
         batch: the engine's `progress` (and `epoch`, unused); without `progress` the final radii are used.
