@@ -323,3 +323,15 @@ def test_two_process_data_parallel_ends_with_identical_weights(tmp_path):
     assert same_weights(rank0, io.load_weights(tmp_path / "run" / "model.safetensors"))
     history = io.read_jsonl(tmp_path / "run" / "log.jsonl")
     assert len(history) == 3 and history[-1]["val_accuracy"] > 0.5  # it learned, from the global batch
+
+
+def test_evaluation_reports_progress_a_line_per_row(capsys):
+    _, _, ds = linear_binary(n=32)
+    model = nn.Sequential(nn.Linear(16, 2))
+    rows = cs.evaluate_rows(model, ds, eps_grid={"linf": (0.1,)}, progress="lines")
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" | ")[0] for line in err] == [f"row {r['key']}" for r in rows if r["metric"] != "hygiene"]
+    cs.evaluate_rows(model, ds, suite="clean", progress="none")
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="unknown progress mode 'loud'"):
+        cs.evaluate(model, ds, suite="clean", progress="loud")

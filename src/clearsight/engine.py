@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ from clearsight.metrics.suites import HYGIENE_SAMPLES
 from clearsight.modes import eval_mode, resolve_device
 from clearsight.objectives import LossOutput, describe
 from clearsight.objectives import build as build_objective
+from clearsight.progress import reporter
 
 CHECKPOINT = Path("checkpoint") / "state.pt"
 
@@ -102,7 +102,7 @@ def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDat
     steps_per_epoch = math.ceil(len(sampler) / local_batch)
     total_steps = steps_per_epoch * cfg.epochs
     params = [p for p in model.parameters() if p.requires_grad]
-    report = _reporter(cfg.progress, world)
+    report = reporter(cfg.progress, is_main=world.is_main)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -297,45 +297,11 @@ def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, h
     distributed.barrier(world)
 
 
-# ---- progress ------------------------------------------------------------------------------------------------
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@dataclasses.dataclass
-class _Reporter:
-    bars: bool
-    lines: bool
-
-    def bar(self, total: int, desc: str) -> Any:
-        if not self.bars:
-            return _NoBar()
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
-
-    def line(self, row: Mapping[str, Any]) -> None:
-        if self.lines:
-            parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()]
-            print(" | ".join(parts), file=sys.stderr, flush=True)
-
-
-def _reporter(mode: str, world: distributed.World) -> _Reporter:
-    if not world.is_main or mode == "none":
-        return _Reporter(False, False)
-    bars = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
-    return _Reporter(bars, True)
-
-
 # ---- evaluation ----------------------------------------------------------------------------------------------
 
 def evaluate(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
              device: str | torch.device = "auto", eps_grid: Mapping[str, tuple[float, ...]] | None = None,
-             seed: int = 0) -> dict[str, float]:
+             seed: int = 0, progress: str = "auto") -> dict[str, float]:
     """Score `model` on `ds` with the rows of `suite`; returns {row key: mean value}.
 
     Row keys are the metric name followed by its options, e.g. "accuracy" or
@@ -348,16 +314,18 @@ def evaluate(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size:
         eps_grid: attack budgets {"linf": (...), "l2": (...)}; None -> the dataset's registered grid.
         seed: seeds the random starts of the attacks, so that an evaluation is repeatable; torch's global RNG
             is left as it was.
+        progress: "auto" (a bar on a terminal, a line per row otherwise), "bar", "lines" or "none".
 
     The model is moved to `device` (and stays there); its train/eval flags are restored.
     """
-    rows = evaluate_rows(model, ds, suite=suite, batch_size=batch_size, device=device, eps_grid=eps_grid, seed=seed)
+    rows = evaluate_rows(model, ds, suite=suite, batch_size=batch_size, device=device, eps_grid=eps_grid, seed=seed,
+                         progress=progress)
     return {row["key"]: row["value"] for row in rows}
 
 
 def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
                   device: str | torch.device = "auto", eps_grid: Mapping[str, tuple[float, ...]] | None = None,
-                  seed: int = 0) -> list[dict[str, Any]]:
+                  seed: int = 0, progress: str = "auto") -> list[dict[str, Any]]:
     """Per-metric result rows of `suite` on `ds`: each metric is computed per sample, batch by batch."""
     from clearsight.attacks import check
     from clearsight.data import DATASETS
@@ -373,22 +341,31 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_
     model.to(dev)
     _check_model_fits(model, data, dev)
     where = {"dataset": data.name, "split": data.split, "suite": suite}
+    report = reporter(progress)
+    starts = range(0, len(data), batch_size)
+    bar = report.bar(len(spec.rows) * len(starts) + (spec.hygiene is not None), f"evaluate ({suite})")
     rows = []
     devices = [dev] if dev.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for name, opts in spec.rows:
-            metric = METRICS.get(name)
-            key = row_key(name, opts)
-            values = torch.cat([metric(model, data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev),
-                                       **opts).detach() for i in range(0, len(data), batch_size)])
+            metric, key, began = METRICS.get(name), row_key(name, opts), time.perf_counter()
+            parts = []
+            for i in starts:
+                parts.append(metric(model, data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev),
+                                    **opts).detach())
+                bar.update(1)
+            values = torch.cat(parts)
             rows.append({"key": key, "metric": name, **opts, "value": float(values.float().mean()),
                          "n": int(values.shape[0]), "higher_is_better": METRICS.meta(name)["higher_is_better"],
                          **where})
+            report.line({"row": key, "value": rows[-1]["value"], "seconds": time.perf_counter() - began})
         if spec.hygiene is not None:
             n = min(len(data), HYGIENE_SAMPLES)
             warnings = check(model, data.x[:n].to(dev), data.y[:n].to(dev), **spec.hygiene)
+            bar.update(1)
             rows.append({"key": row_key("hygiene", spec.hygiene), "metric": "hygiene", **spec.hygiene,
                          "value": float(len(warnings)), "n": n, "higher_is_better": False, "warnings": warnings,
                          **where})
+    bar.close()
     return rows

@@ -21,6 +21,7 @@ from clearsight.data.base import as_array_dataset
 from clearsight.errors import ConfigError
 from clearsight.metrics.registry import ROW_FIELDS, row_key
 from clearsight.modes import resolve_device
+from clearsight.progress import reporter
 
 
 def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps: float, gamma: float = 0.0,
@@ -43,7 +44,13 @@ def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps:
         ||g(x)||_p if relative).
     """
     check_norm(p)
-    lower, upper = gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of)
+    return _delta(model, x, target, *gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of), p=p, of=of,
+                  relative=relative)
+
+
+def _delta(model: nn.Module, x: torch.Tensor, target: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, *,
+           p: float, of: str, relative: bool) -> torch.Tensor:
+    """The delta bound [B] from gradient bounds already computed for x's box."""
     bound = torch.linalg.vector_norm((upper - lower).flatten(1), ord=p, dim=1)
     if not relative:
         return bound
@@ -121,8 +128,8 @@ def certified_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
 
 def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, topk: int | None = None,
             sensitive: str | Sequence[str] | None = None, delta: float | None = None, p: float = 2.0,
-            of: str = "logit", relative: bool = True, batch_size: int = 256, device: str | torch.device = "auto"
-            ) -> list[dict[str, Any]]:
+            of: str = "logit", relative: bool = True, batch_size: int = 256, device: str | torch.device = "auto",
+            progress: str = "auto") -> list[dict[str, Any]]:
     """Certified fractions of `model` on `ds` at input radius eps (and relative parameter radius gamma).
 
     Rows (one dict each, with key, metric, eps, gamma, value, n, higher_is_better, dataset, split):
@@ -136,6 +143,7 @@ def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, to
         sensitive: names of sensitive attributes of a tabular dataset (keys of `ds.sensitive`, e.g. "sex", or
             "sex,race"), or feature names from `ds.feature_names`.
         batch_size: samples per bound computation (memory budget).
+        progress: "auto" (a bar on a terminal), "bar", "lines" or "none".
     """
     check_radius(eps, "eps")  # before any work
     check_radius(gamma, "gamma")
@@ -149,14 +157,18 @@ def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, to
     dev = resolve_device(device)
     model.to(dev)
     parts: dict[str, list[torch.Tensor]] = {"certified_accuracy": [], "delta_bound": [], "certified_topk": []}
+    starts = range(0, len(data), batch_size)
+    bar = reporter(progress).bar(len(starts), f"certify (eps {eps:g})")
     with torch.no_grad():
-        for i in range(0, len(data), batch_size):
+        for i in starts:
             x, y = data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev)
             parts["certified_accuracy"].append(certified_robust(model, x, y, eps=eps, gamma=gamma))
-            parts["delta_bound"].append(delta_bound(model, x, y, eps=eps, gamma=gamma, p=p, of=of, relative=relative))
+            lower, upper = gradient_bounds(model, x, y, eps=eps, gamma=gamma, of=of)  # shared by both certificates
+            parts["delta_bound"].append(_delta(model, x, y, lower, upper, p=p, of=of, relative=relative))
             if features is not None and topk is not None:
-                parts["certified_topk"].append(topk_certified(model, x, y, sensitive=features, k=topk, eps=eps,
-                                                              gamma=gamma, of=of))
+                parts["certified_topk"].append(topk_rule(lower, upper, features, topk))
+            bar.update(1)
+    bar.close()
     common = {"eps": float(eps), "gamma": float(gamma), "n": len(data), "dataset": data.name, "split": data.split}
     bounds = torch.cat(parts["delta_bound"])
     rows = [_row("certified_accuracy", torch.cat(parts["certified_accuracy"]), True, common),
