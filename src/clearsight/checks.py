@@ -5,9 +5,11 @@ Caught here rather than deep inside a loop, with a message that names the argume
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from clearsight.errors import DataError
+from clearsight.errors import ConfigError, DataError
 
 
 def check_inputs(x: torch.Tensor, *, name: str = "x", unit_range: bool = True) -> None:
@@ -19,6 +21,11 @@ def check_inputs(x: torch.Tensor, *, name: str = "x", unit_range: bool = True) -
     if x.dim() < 2:
         raise DataError(f"{name} must be batch-first with at least 2 dimensions [B, ...], got shape {tuple(x.shape)}")
     if x.numel() == 0:
+        return
+    # the usual case in one min/max reduction: NaN fails both comparisons and inf fails the range; only a failure
+    # pays for the separate passes that say precisely what is wrong
+    lo_t, hi_t = torch.aminmax(x.detach())
+    if unit_range and float(lo_t) >= 0.0 and float(hi_t) <= 1.0:
         return
     if not bool(torch.isfinite(x.detach()).all()):
         bad = int((~torch.isfinite(x.detach())).sum())
@@ -48,3 +55,14 @@ def check_labels(y: torch.Tensor, *, num_classes: int | None = None, batch: int 
         if lo < 0 or hi >= num_classes:
             raise DataError(f"{name} holds labels in [{lo}, {hi}] but there are {num_classes} classes "
                             f"(valid labels 0..{num_classes - 1})")
+
+
+def check_radius(value: float | torch.Tensor, name: str) -> float | torch.Tensor:
+    """Require a finite radius >= 0 (eps, gamma, a weight); returns a number as float, a tensor as given."""
+    if isinstance(value, torch.Tensor):
+        ok = bool(torch.isfinite(value).all()) and not bool((value < 0).any())
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value if isinstance(value, torch.Tensor) else float(value)

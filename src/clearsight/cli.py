@@ -106,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     from clearsight import bounds
-    from clearsight.bounds.forward import check_radius
+    from clearsight.checks import check_radius
     from clearsight.modes import resolve_device
     from clearsight.runs import load_data, open_run
 

@@ -6,10 +6,9 @@ for the norm, `random_point` draws a uniform random start. All work per sample o
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 
 NORMS = ("linf", "l2")
@@ -18,14 +17,6 @@ NORMS = ("linf", "l2")
 def per_sample_norm(t: torch.Tensor) -> torch.Tensor:
     """l2 norm of each sample of a batch, shape [B]."""
     return torch.linalg.vector_norm(t.flatten(1), dim=1)
-
-
-def check_eps(eps: float) -> float:
-    """eps as a float, or a clear error when it is negative, NaN or infinite."""
-    value = float(eps)
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
-    return value
 
 
 class Ball:
@@ -39,7 +30,7 @@ class Ball:
     def __init__(self, center: torch.Tensor, eps: float, norm: str) -> None:
         if norm not in NORMS:
             raise ConfigError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
-        eps = check_eps(eps)
+        eps = float(check_radius(eps, "eps"))
         self.center, self.eps, self.norm = center, eps, norm
         self._view = (-1,) + (1,) * (center.dim() - 1)  # broadcast a per-sample [B] tensor over the sample
         if norm == "linf":  # the linf ball ∩ box is itself a box: precompute its corners once

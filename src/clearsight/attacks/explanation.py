@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clearsight.attacks.ball import Ball, check_eps
+from clearsight.attacks.ball import Ball
 from clearsight.attacks.loop import attacking, plain
 from clearsight.attacks.registry import ATTACKS
-from clearsight.checks import check_inputs, check_labels
+from clearsight.checks import check_inputs, check_labels, check_radius
 from clearsight.errors import ConfigError, DataError
 
 Attribution = Callable[..., torch.Tensor]  # attribution(model, x, target, *, create_graph=False) -> like x
@@ -93,7 +93,7 @@ def explanation_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, at
     steps = int(steps)
     if steps < 0:
         raise ConfigError(f"steps must be >= 0, got {steps}")
-    eta0 = 2.5 * check_eps(eps) / max(steps, 1) if step_size is None else float(step_size)
+    eta0 = 2.5 * float(check_radius(eps, "eps")) / max(steps, 1) if step_size is None else float(step_size)
     surrogate = softplus_copy(model, beta)
     with attacking(model):
         x, y = plain(x), plain(y)

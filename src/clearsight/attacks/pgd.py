@@ -7,9 +7,10 @@ from functools import partial
 import torch
 from torch import nn
 
-from clearsight.attacks.ball import Ball, check_eps
+from clearsight.attacks.ball import Ball
 from clearsight.attacks.loop import Stepper, run_attack
 from clearsight.attacks.registry import ATTACKS
+from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 
 
@@ -70,7 +71,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.3,
         x_adv like x, with ||x_adv - x|| <= eps and 0 <= x_adv <= 1.
     """
     if step_size is None:
-        step_size = 2.5 * check_eps(eps) / max(int(steps), 1)
+        step_size = 2.5 * float(check_radius(eps, "eps")) / max(int(steps), 1)
     if not float(step_size) >= 0:
         raise ConfigError(f"step_size must be >= 0, got {step_size}")
     return run_attack(model, x, y, eps=eps, norm=norm, steps=steps,

@@ -31,11 +31,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
     """
     check_inputs(x)
     check_labels(y, batch=x.shape[0])
-    for name in (a for a in attacks if isinstance(a, str)):
-        if ATTACKS.meta(name)["goal"] != "prediction":
-            raise ConfigError(f"attack {name!r} changes the {ATTACKS.meta(name)['goal']}, not the prediction, so it "
-                              "cannot lower robust accuracy; use a prediction attack such as pgd or apgd")
-    fns = [ATTACKS.get(a) if isinstance(a, str) else a for a in attacks]
+    fns = [prediction_attack(a) if isinstance(a, str) else a for a in attacks]
     robust = _correct(model, x, y)
     for attack in fns:
         idx = robust.nonzero().squeeze(1)
@@ -48,6 +44,15 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
                             f"got {getattr(x_adv, 'shape', type(x_adv).__name__)}")
         robust = robust.index_copy(0, idx, _correct(model, x_adv, y_sub))
     return robust.to(x.dtype)
+
+
+def prediction_attack(name: str) -> Attack:
+    """The registered attack `name`, refused unless it attacks the prediction (robust accuracy needs that)."""
+    goal = ATTACKS.meta(name)["goal"]
+    if goal != "prediction":
+        raise ConfigError(f"attack {name!r} changes the {goal}, not the prediction, so it cannot lower robust "
+                          "accuracy; use a prediction attack such as pgd or apgd")
+    return ATTACKS.get(name)
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from clearsight.bounds.forward import check_radius, check_unit_inputs, margin_bounds
+from clearsight.bounds.forward import margin_bounds
 from clearsight.bounds.gradient import gradient_bounds
 from clearsight.bounds.interval import input_box
+from clearsight.checks import check_inputs, check_radius
 from clearsight.data.base import as_array_dataset
 from clearsight.errors import ConfigError
 from clearsight.metrics.registry import ROW_FIELDS, row_key
@@ -119,7 +120,7 @@ def certified_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
                      ) -> torch.Tensor:
     """bool [B]: the prediction is provably y for every x' in the box: the IBP lower bound of z_y - z_j > 0 for all
     j != y (margins bounded through the last layer, see `margin_bounds`). Its mean is the certified accuracy."""
-    check_unit_inputs(x)
+    check_inputs(x)
     check_radius(eps, "eps")
     margins = margin_bounds(model, *input_box(x, eps), y, gamma=gamma)
     margins = margins.scatter(1, y[:, None], float("inf"))

@@ -13,18 +13,8 @@ from torch import nn
 
 from clearsight.bounds.interval import midrad
 from clearsight.bounds.layers import bound_layers, propagate
-from clearsight.checks import check_inputs, check_labels
-from clearsight.errors import ConfigError, DataError
-
-
-def check_radius(value: float | torch.Tensor, name: str) -> None:
-    """Require a finite radius >= 0 (float or tensor)."""
-    if isinstance(value, torch.Tensor):
-        ok = bool(torch.isfinite(value).all()) and not bool((value < 0).any())
-    else:
-        ok = isinstance(value, int | float) and math.isfinite(value) and value >= 0
-    if not ok:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+from clearsight.checks import check_labels, check_radius
+from clearsight.errors import DataError
 
 
 def check_box(lower: torch.Tensor, upper: torch.Tensor) -> None:
@@ -42,16 +32,6 @@ def check_box(lower: torch.Tensor, upper: torch.Tensor) -> None:
             if not bool(torch.isfinite(t).all()):
                 raise DataError(f"{name} holds NaN or infinite values")
         raise DataError("the box must have lower <= upper everywhere")
-
-
-def check_unit_inputs(x: torch.Tensor) -> None:
-    """`clearsight.checks.check_inputs` (finite, in [0, 1]) with a fast path: one min/max reduction (NaN fails
-    both comparisons, inf the range)."""
-    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 2 and x.numel():
-        lo, hi = torch.aminmax(x)
-        if float(lo) >= 0 and float(hi) <= 1:
-            return
-    check_inputs(x, name="x")  # raises with the precise message
 
 
 def interval_forward(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, *, gamma: float = 0.0

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clearsight.bounds.forward import check_box, check_radius, check_unit_inputs
+from clearsight.bounds.forward import check_box
 from clearsight.bounds.interval import input_box, midrad, softmax_bounds
 from clearsight.bounds.layers import backpropagate, bound_layers, propagate
-from clearsight.checks import check_labels
+from clearsight.checks import check_inputs, check_labels, check_radius
 from clearsight.errors import ConfigError
 
 OF = ("logit", "ce")
@@ -53,7 +53,7 @@ def gradient_bounds(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, 
         lower <= g(x') <= upper, with g the gradient autograd computes (relu'(0) = 0). With eps = gamma = 0,
         lower == upper == g(x) up to float rounding. Differentiable in the model's parameters (for training).
     """
-    check_unit_inputs(x)
+    check_inputs(x)
     check_radius(eps, "eps")
     bounds = _bounds(model, *input_box(x, eps), target, gamma=gamma, of=of)
     return bounds.lower, bounds.upper

@@ -31,21 +31,18 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
             counts as robust only if every one of them fails. Each may carry its own options after a colon,
             which override the shared ones: "pgd+apgd:steps=100,loss=dlr" runs pgd with `steps` and `loss`
             and apgd-100 with the dlr loss.
-        steps, loss, restarts: the shared options of every attack (fgsm takes none of them but `loss`).
+        steps, loss, restarts: the shared options, given to every attack that has them (fgsm: only loss).
     """
     from clearsight import attacks  # attacks import metrics-free modules only; keep the import local anyway
+    from clearsight.attacks.robust import prediction_attack
 
+    shared: dict[str, Any] = {"eps": eps, "norm": norm, "loss": loss, "steps": steps, "restarts": restarts}
     fns = []
     for name, own in parse_attacks(attack):
-        if attacks.ATTACKS.meta(name)["goal"] != "prediction":
-            raise ConfigError(f"attack {name!r} changes the {attacks.ATTACKS.meta(name)['goal']}, not the "
-                              "prediction; robust accuracy needs prediction attacks such as pgd or apgd")
-        opts: dict[str, Any] = {"eps": eps, "norm": norm, "loss": loss}
-        if name != "fgsm":
-            opts |= {"steps": steps, "restarts": restarts}
-        opts |= own
-        attacks.ATTACKS.check_options(name, opts)
-        fns.append(partial(attacks.get(name), **opts))
+        attack_fn = prediction_attack(name)
+        attacks.ATTACKS.check_options(name, own)
+        accepted = attacks.ATTACKS.options(name)  # fgsm, one step, takes no steps or restarts
+        fns.append(partial(attack_fn, **({k: v for k, v in shared.items() if k in accepted} | own)))
     return attacks.robust_accuracy(model, x, y, fns)
 
 

@@ -8,14 +8,13 @@ BatchNorm on running statistics); the clean cross-entropy uses the model as it i
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clearsight.bounds import gradient_bounds, input_box, interval_forward, margin_bounds
 from clearsight.bounds.gradient import OF
+from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 
@@ -34,8 +33,7 @@ def schedule_factor(progress: float | None, *, warmup: float, end: float) -> flo
 
 def _check_schedule(warmup: float, end: float, **radii: float) -> None:
     for name, value in radii.items():
-        if not 0 <= value < math.inf:  # also catches NaN
-            raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        check_radius(value, name)
     if not 0.0 <= warmup <= end <= 1.0:
         raise ConfigError(f"need 0 <= warmup <= ramp <= 1 (fractions of training), got warmup={warmup}, ramp={end}")
 
