@@ -17,6 +17,7 @@ from torch import nn
 
 from clearsight import bounds
 from clearsight.bounds import interval
+from clearsight.bounds import layers as rules
 from clearsight.errors import ConfigError, DataError
 from clearsight.models import Normalize, build
 
@@ -196,9 +197,15 @@ def test_sampled_gradients_and_logits_lie_inside_the_bounds(spec, eps, gamma, da
     b, n = 3, 680  # about 2,000 points per example
     x = torch.rand(b, *shape, generator=gen, dtype=torch.float64)
     target = torch.randint(0, spec["classes"], (b,), generator=gen)
-    per = {of: bounds.gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of) for of in ("logit", "ce")}
-    z_bounds = bounds.interval_forward(model, *interval.input_box(x, eps), gamma=gamma)
-    margins = bounds.margin_bounds(model, *interval.input_box(x, eps), target, gamma=gamma)
+    def all_bounds():
+        per = {of: bounds.gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of) for of in ("logit", "ce")}
+        box = interval.input_box(x, eps)
+        return per, bounds.interval_forward(model, *box, gamma=gamma), bounds.margin_bounds(model, *box, target,
+                                                                                              gamma=gamma)
+
+    per, z_bounds, margins = all_bounds()
+    with torch.no_grad():  # certification's path: the rules work in place, and must give the same bounds
+        torch.testing.assert_close(all_bounds(), (per, z_bounds, margins), rtol=1e-12, atol=1e-12)
     points = box_points(x, eps, n, gen)
     targets = target.repeat_interleave(n)
     # parameters: the nominal ones, random ones in the box, and a corner of the box
@@ -302,6 +309,18 @@ def test_mask_product_equals_the_four_product_rule_and_softmax_bounds_enclose_sa
     assert bool((p >= p_lo - 1e-7).all()) and bool((p <= p_hi + 1e-7).all())
     big = interval.softmax_bounds(torch.tensor([[1000.0, 0.0]]), torch.tensor([[1001.0, 1.0]]))
     assert all(bool(torch.isfinite(t).all()) for t in big)
+
+
+def test_in_place_relu_rule_is_the_exact_image_of_the_interval():
+    gen = torch.Generator().manual_seed(1)
+    mid = torch.randn(2000, generator=gen, dtype=torch.float64)
+    rad = torch.rand(2000, generator=gen, dtype=torch.float64)
+    rad[:300] = 0.0  # points
+    rad[300:600] = mid[300:600].abs()  # one end exactly at 0
+    out_mid, out_rad = rules._relu_inplace(mid.clone(), rad.clone())
+    torch.testing.assert_close((out_mid - out_rad, out_mid + out_rad), ((mid - rad).relu(), (mid + rad).relu()),
+                               rtol=0, atol=1e-15)
+    assert bool((out_rad >= 0).all()) and torch.equal(out_mid[:300], mid[:300].relu())
 
 
 class _WidthOf(nn.Module):

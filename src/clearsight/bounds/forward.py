@@ -11,27 +11,34 @@ import math
 import torch
 from torch import nn
 
-from clearsight.bounds.interval import midrad
+from clearsight.bounds.interval import endpoints, midrad
 from clearsight.bounds.layers import bound_layers, propagate
 from clearsight.checks import check_labels, check_radius
 from clearsight.errors import DataError
 
 
-def check_box(lower: torch.Tensor, upper: torch.Tensor) -> None:
-    """Require a finite box lower <= upper of one shape with a batch axis."""
+def box_midrad(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a box lower <= upper (finite, one shape, a batch axis) and return it as fresh (mid, rad).
+
+    The check reads the radius the bounds need anyway: one min/max reduction over rad replaces elementwise
+    isfinite passes over both ends, and no width-sized temporary is allocated (on CPU, input-sized allocations
+    cost page faults comparable to the arithmetic).
+    """
     for name, t in (("lower", lower), ("upper", upper)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2:
             raise DataError(f"{name} must be a floating tensor [B, ...]")
     if lower.shape != upper.shape:
         raise DataError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} must have the same shape")
-    # any NaN or infinite end makes the width NaN or infinite (inf - inf = NaN), and NaN fails both comparisons:
-    # one min/max reduction replaces elementwise isfinite passes over both ends
-    low, high = torch.aminmax(upper - lower)
+    mid, rad = midrad(lower, upper)
+    # rad = upper - lerp(lower, upper, 1/2) is >= 0 iff lower <= upper; a NaN or infinite end makes it NaN or
+    # infinite (inf - inf = NaN), and NaN fails both comparisons
+    low, high = torch.aminmax(rad)
     if not (float(low) >= 0 and float(high) < math.inf):
         for name, t in (("lower", lower), ("upper", upper)):
             if not bool(torch.isfinite(t).all()):
                 raise DataError(f"{name} holds NaN or infinite values")
         raise DataError("the box must have lower <= upper everywhere")
+    return mid, rad
 
 
 def interval_forward(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, *, gamma: float = 0.0
@@ -48,10 +55,10 @@ def interval_forward(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor,
         (lower, upper) of the logits [B, C]. Sound: for every x' in the box and every Linear/Conv2d parameter in
         the gamma box, lower <= f(x') <= upper. With lower == upper and gamma = 0 both equal the forward pass.
     """
-    check_box(lower, upper)
     check_radius(gamma, "gamma")
-    mid, rad, _ = propagate(bound_layers(model), *midrad(lower, upper), float(gamma))
-    return mid - rad, mid + rad
+    layers = bound_layers(model)
+    mid, rad, _ = propagate(layers, *box_midrad(lower, upper), float(gamma))
+    return endpoints(mid, rad, inplace=not torch.is_grad_enabled())
 
 
 def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, target: torch.Tensor, *,
@@ -72,18 +79,18 @@ def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, ta
         [B, C]: entry j bounds z_y - z_j from below for every x' in the box; entry y is 0. Sound; the sample is
         certified robust iff every entry j != y is > 0.
     """
-    check_box(lower, upper)
     check_radius(gamma, "gamma")
     layers = bound_layers(model)
+    box = box_midrad(lower, upper)
     gamma = float(gamma)
     last = layers[-1][1]
     if not isinstance(last, nn.Linear):
-        mid, rad, _ = propagate(layers, *midrad(lower, upper), gamma)
+        mid, rad, _ = propagate(layers, *box, gamma)
         check_labels(target, num_classes=mid.shape[1], batch=mid.shape[0], name="target")
         z_lower, z_upper = mid - rad, mid + rad
         margin = z_lower.gather(1, target[:, None]) - z_upper
         return margin.scatter(1, target[:, None], 0.0)
-    h_mid, h_rad, _ = propagate(layers[:-1], *midrad(lower, upper), gamma)
+    h_mid, h_rad, _ = propagate(layers[:-1], *box, gamma)
     weight, bias = last.weight, last.bias
     check_labels(target, num_classes=weight.shape[0], batch=h_mid.shape[0], name="target")
     diff = weight[target].unsqueeze(1) - weight.unsqueeze(0)  # [B, C, H]: w_y - w_j

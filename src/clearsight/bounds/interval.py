@@ -32,22 +32,25 @@ def input_box(x: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor,
 
 
 def midrad(lower: torch.Tensor, upper: torch.Tensor, *, inplace: bool = False) -> Interval:
-    """(lower, upper) -> (mid, rad). With lower == upper the midpoint equals them exactly.
+    """(lower, upper) -> (mid, rad). With lower == upper the midpoint equals them exactly and rad is 0.
 
+    mid = lerp(lower, upper, 1/2) and rad = upper - mid: two passes and no scalar operand (a Python scalar
+    costs a tensor conversion per call, which is a visible share of the small bounds of tabular MLPs).
     `inplace` reuses the storage of lower and upper (they are destroyed): for evaluation without autograd, where
     activation-sized allocations (page faults on CPU) cost as much as the arithmetic.
     """
     if inplace:
-        rad = upper.sub_(lower).mul_(0.5)
-        return lower.add_(rad), rad
-    return torch.add(upper, lower).mul_(0.5), torch.sub(upper, lower).mul_(0.5)
+        mid = lower.lerp_(upper, 0.5)
+        return mid, upper.sub_(mid)
+    mid = torch.lerp(lower, upper, 0.5)
+    return mid, upper - mid
 
 
 def endpoints(mid: torch.Tensor, rad: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(mid, rad) -> (lower, upper); `inplace` reuses (destroys) the storage of mid and rad."""
     if inplace:
         upper = rad.add_(mid)
-        return mid.mul_(2.0).sub_(upper), upper  # 2m - (m + r) = m - r
+        return mid.add_(mid).sub_(upper), upper  # 2m - (m + r) = m - r
     return mid - rad, mid + rad
 
 

@@ -62,21 +62,20 @@ def _visit(module: nn.Module, name: str, out: list[tuple[str, nn.Module]]) -> No
         raise ConfigError(f"interval bounds cannot follow forward hooks, but {kind} at {where} has "
                           f"{len(module._forward_hooks) + len(module._forward_pre_hooks)}; remove them (use "
                           "torch.nn.utils.parametrizations for weight or spectral normalization)")
-    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+    role = _role(type(module))
+    if role == "sequential":
         # _modules, not named_children(): Sequential.forward runs a module listed twice twice, named_children
         # would list it once and the bound would skip its second use
         for child_name, child in module._modules.items():
             if child is not None:
                 _visit(child, f"{name}.{child_name}" if name else child_name, out)
         return
-    if any(type(module).forward is cls.forward for cls in _IDENTITY if isinstance(module, cls)):
+    if role == "identity":
         return
-    if isinstance(module, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d | nn.AdaptiveMaxPool2d):
+    if role == "maxpool":
         raise ConfigError(f"interval bounds do not support {kind} at {where}; build small-cnn with pool='avg' "
                           "(average pooling has a sound interval rule)")
-    # a subclass that overrides forward computes something else: refuse it rather than bound the base class
-    base = next((cls for cls in _SUPPORTED if isinstance(module, cls)), None)
-    if base is None or type(module).forward is not base.forward:
+    if role is None:
         detail = (" (a container with its own forward, e.g. a residual block: bounds follow only plain "
                   "nn.Sequential models)" if next(module.children(), None) is not None else "")
         raise ConfigError(f"interval bounds do not support {kind} at {where}{detail}; supported layers: "
@@ -90,6 +89,23 @@ def _visit(module: nn.Module, name: str, out: list[tuple[str, nn.Module]]) -> No
         raise ConfigError(f"interval bounds need the running statistics of {kind} at {where} "
                           "(track_running_stats=True): the bounds describe the eval-mode network")
     out.append((name, module))
+
+
+@functools.cache
+def _role(cls: type) -> str | None:
+    """What the walk does with a module class: "sequential" (descend), "identity" (drop), "maxpool" (refuse),
+    "layer" (bound it) or None (unsupported). A class depends only on its type, so this is cached per class:
+    the walk runs on every bound call.
+    """
+    if issubclass(cls, nn.Sequential) and cls.forward is nn.Sequential.forward:
+        return "sequential"
+    if any(issubclass(cls, base) and cls.forward is base.forward for base in _IDENTITY):
+        return "identity"
+    if issubclass(cls, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d | nn.AdaptiveMaxPool2d):
+        return "maxpool"
+    # a subclass that overrides forward computes something else: refuse it rather than bound the base class
+    base = next((b for b in _SUPPORTED if issubclass(cls, b)), None)
+    return "layer" if base is not None and cls.forward is base.forward else None
 
 
 def _conv_padding(conv: nn.Conv2d, where: str = "") -> tuple[int, int]:
@@ -137,19 +153,35 @@ def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma:
         out_mid, out_rad = bilinear(op, mid, rad, module.weight, gamma, module.bias, weight_abs=weight_abs)
         return out_mid, out_rad, (mid, weight_abs)
     if isinstance(module, nn.ReLU):
+        if inplace and not record:
+            return (*_relu_inplace(mid, rad), ())
         # ReLU is monotone: the image of [l, u] is [relu(l), relu(u)]; relu(l) > 0 iff l > 0, so the relu'd
         # endpoints also give the derivative interval [1(l > 0), 1(u > 0)] for the backward pass
         lower, upper = endpoints(mid, rad, inplace=inplace)
         lower, upper = lower.relu_(), upper.relu_()
-        return (*midrad(lower, upper, inplace=inplace and not record), (lower, upper))
-    if isinstance(module, nn.AvgPool2d | nn.Flatten):
-        # linear with non-negative weights (or a reshape): maps the midpoint and the radius separately
+        return (*midrad(lower, upper), (lower, upper))  # ctx keeps lower and upper intact
+    if isinstance(module, nn.Flatten):
+        return mid.flatten(module.start_dim, module.end_dim), rad.flatten(module.start_dim, module.end_dim), (mid,)
+    if isinstance(module, nn.AvgPool2d):
+        # linear with non-negative weights: maps the midpoint and the radius separately
         return module(mid), module(rad), (mid,)
     if isinstance(module, Normalize):
         std = _per_channel(module.std, mid)
         return (mid - _per_channel(module.mean, mid)) / std, rad / std, ()
     scale, shift = _channel_affine(module)
     return mid * _per_channel(scale, mid) + _per_channel(shift, mid), rad * _per_channel(scale.abs(), rad), ()
+
+
+def _relu_inplace(mid: torch.Tensor, rad: torch.Tensor) -> Interval:
+    """The ReLU interval rule in six in-place passes, overwriting mid and rad (the IBP path without autograd).
+
+    With u' = relu(m + r) the image of [m - r, m + r] is [m' - r', m' + r'] with r' = min(r, u'/2) and
+    m' = u' - r': if m - r >= 0 that is (m, r); if m + r <= 0, (0, 0); otherwise both are u'/2 (the image is
+    [0, u']). Exact at r = 0.
+    """
+    upper = mid.add_(rad).relu_()
+    twice = torch.minimum(rad.add_(rad), upper, out=rad)  # 2r' = min(2r, u')
+    return upper.sub_(twice, alpha=0.5), twice.mul_(0.5)
 
 
 def backward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple, *,
