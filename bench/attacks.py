@@ -22,19 +22,21 @@ Robust accuracy = share of the images still classified correctly after the attac
 count as broken for both).
 
 Floor: `steps` forward+backward passes (gradient w.r.t. the input only) at the attack's batch size, each timed
-with the parameters frozen and not, whichever is faster, measured in this same run. Two floors are shown: on the
-clean images, and on random points of the eps ball (the kind of input the attack actually passes: on CPU a
-pass over perturbed MNIST images is measurably slower than over clean ones, mostly in max pooling, whose cost
-depends on the data). Ratios are given to the ball floor. A single pass timed alone (best of a few) is
-cheaper than a pass inside a long loop (caches, allocator), so a third reference is timed the way the attacks
-are, in the same rotated rounds: a loop of `steps` plain passes at one point of the ball (column "x loop").
-Times are the best of --repeats runs (after a warm-up), the order rotated each round so load drift hits all
-alike.
+with the parameters frozen and not, whichever is faster, measured in this same run, with the model as given
+(NCHW weights). Shown beside it: the same on the clean images (on CPU a pass over perturbed MNIST images is
+measurably slower than over clean ones, mostly in max pooling, whose cost depends on the data), and the same
+with the weights in channels-last layout, which clearsight's attacks use on CPU (`clearsight.modes.channels_last`)
+and which a torchattacks user can set up by hand (row "torchattacks ..., channels-last weights"). Ratios are
+given to the NCHW ball floor. A single pass timed alone (best of a few) is cheaper than a pass inside a long
+loop (caches, allocator), so one more reference is timed the way the attacks are, in the same rotated rounds:
+a loop of `steps` plain passes at one point of the ball (column "x loop"). Times are the best of --repeats
+runs (after a warm-up), the order rotated each round so load drift hits all alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -49,7 +51,7 @@ import clearsight as cs
 from clearsight import attacks, io
 from clearsight.attacks.ball import Ball
 from clearsight.data.base import default_root
-from clearsight.modes import eval_mode, frozen_parameters
+from clearsight.modes import channels_last, eval_mode, frozen_parameters
 
 
 def trained_model(cache: Path, epochs: int) -> torch.nn.Module:
@@ -80,8 +82,13 @@ def one_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     torch.autograd.grad(F.cross_entropy(model(xi), y, reduction="sum"), xi)
 
 
-def floor_per_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
-    with eval_mode(model):
+def layout(model: torch.nn.Module, x: torch.Tensor, nhwc: bool) -> contextlib.AbstractContextManager:
+    """The model's weights in channels-last layout (as clearsight's attacks hold them on CPU), or as they are."""
+    return channels_last(model, x) if nhwc else contextlib.nullcontext()
+
+
+def floor_per_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, nhwc: bool) -> float:
+    with eval_mode(model), layout(model, x, nhwc):
         one_pass(model, x, y)  # warm-up
         free = best_time(lambda: one_pass(model, x, y), repeats)
         with frozen_parameters(model):
@@ -95,6 +102,12 @@ def plain_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
         for _ in range(steps):
             one_pass(model, x, y)
     return x
+
+
+def in_layout(attack: Callable, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """torchattacks on the model with channels-last weights, what a user could set up by hand."""
+    with channels_last(model, x):
+        return attack(x, y)
 
 
 def robust(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
@@ -133,14 +146,16 @@ def main() -> None:
         ours = partial(attacks.pgd, eps=eps, norm=norm, steps=steps, step_size=alpha)
         ta_cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
         theirs = ta_cls(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-        times = {"floor": 0.0, "floor clean": 0.0, "ours": 0.0, "theirs": 0.0, "loop": 0.0}
-        correct = {"ours": 0.0, "theirs": 0.0}
+        times = dict.fromkeys(["floor", "floor clean", "floor nhwc", "ours", "theirs", "theirs nhwc", "loop"], 0.0)
+        correct = {"ours": 0.0, "theirs": 0.0, "theirs nhwc": 0.0}
         for i in range(0, n, args.batch):
             x, y = x_all[i : i + args.batch], y_all[i : i + args.batch]
-            times["floor clean"] += steps * floor_per_pass(model, x, y, max(repeats, 3))
+            times["floor clean"] += steps * floor_per_pass(model, x, y, max(repeats, 3), nhwc=False)
             inside = Ball(x, eps, norm).random_point(torch.Generator().manual_seed(i))
-            times["floor"] += steps * floor_per_pass(model, inside, y, max(repeats, 3))
+            times["floor"] += steps * floor_per_pass(model, inside, y, max(repeats, 3), nhwc=False)
+            times["floor nhwc"] += steps * floor_per_pass(model, inside, y, max(repeats, 3), nhwc=True)
             runs = {"ours": partial(ours, model, x, y), "theirs": partial(theirs, x, y),
+                    "theirs nhwc": partial(in_layout, theirs, model, x, y),
                     "loop": partial(plain_loop, model, inside, y, steps)}
             for run in runs.values():
                 run()  # warm-up at the timed batch size (allocator, kernels)
@@ -148,7 +163,8 @@ def main() -> None:
             names = list(runs)
             for r in range(repeats):
                 torch.manual_seed(r)
-                for name in names[r % 3:] + names[: r % 3]:  # rotate the order: drift hits all alike
+                k = r % len(names)
+                for name in names[k:] + names[:k]:  # rotate the order: drift hits all alike
                     t0 = time.perf_counter()
                     x_adv = runs[name]()
                     best[name] = min(best[name], time.perf_counter() - t0)
@@ -156,15 +172,16 @@ def main() -> None:
                         correct[name] += robust(model, x_adv, y) * x.shape[0]
             for name in best:
                 times[name] += best[name]
-        for name, label in (("ours", "clearsight pgd"), ("theirs", f"torchattacks {ta_cls.__name__}")):
+        for name, label in (("ours", f"clearsight pgd {norm} eps {eps}"),
+                            ("theirs", f"torchattacks {ta_cls.__name__} {norm} eps {eps}"),
+                            ("theirs nhwc", "  same, channels-last weights")):
             ratio_ta = times[name] / times["theirs"]
-            print(f"{label + f' {norm} eps {eps}':<36}{times[name]:>9.3f}{times[name] / times['floor']:>9.3f}"
+            print(f"{label:<36}{times[name]:>9.3f}{times[name] / times['floor']:>9.3f}"
                   f"{times[name] / times['loop']:>9.3f}{ratio_ta:>16.3f}{correct[name] / n:>12.3f}")
-        print(f"{f'floor ({steps} x best single pass)':<36}{times['floor']:>9.3f}{1.0:>9.3f}"
-              f"{times['floor'] / times['loop']:>9.3f}")
-        print(f"{'  same, clean x':<36}{times['floor clean']:>9.3f}{times['floor clean'] / times['floor']:>9.3f}")
-        print(f"{f'loop of {steps} plain passes':<36}{times['loop']:>9.3f}{times['loop'] / times['floor']:>9.3f}"
-              f"{1.0:>9.3f}")
+        for key, label in (("floor", f"floor ({steps} x best single pass)"), ("floor clean", "  same, clean x"),
+                           ("floor nhwc", "  same, channels-last weights"), ("loop", f"loop of {steps} plain passes")):
+            print(f"{label:<36}{times[key]:>9.3f}{times[key] / times['floor']:>9.3f}"
+                  f"{times[key] / times['loop']:>9.3f}")
     print("\ntargets: robust accuracy within 0.01 of torchattacks; our time <= theirs and <= 1.05 x floor")
 
 

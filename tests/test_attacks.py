@@ -22,6 +22,7 @@ from clearsight.attacks.loop import run_attack
 from clearsight.attacks.losses import ce, dlr, margin
 from clearsight.attacks.pgd import fixed_step
 from clearsight.errors import ConfigError, DataError
+from clearsight.modes import channels_last
 
 TOL = 1e-6  # float32 rounding of x + delta - x
 
@@ -386,6 +387,52 @@ def test_model_state_is_restored_and_inputs_are_untouched(attack):
     with pytest.raises(RuntimeError, match="boom"):
         attack(model, x, y)
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
+
+
+class ViewNet(nn.Module):
+    """A CNN that flattens with .view, which fails on channels-last activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        h = self.conv(x).relu()
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def input_grad(model, x, y):
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(F.cross_entropy(model(x), y), x)[0]
+
+
+def test_attacks_hold_conv_weights_channels_last_only_where_the_model_runs_so_and_restore_them():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3))
+    x, y = torch.rand(5, 3, 6, 6), torch.randint(0, 3, (5,))
+    weight = cnn[0].weight
+    data, strides = weight.data, weight.stride()
+    logits, grad = cnn(x), input_grad(cnn, x, y)
+    with channels_last(cnn, x) as used:
+        assert used and cnn[0].weight is weight and weight.stride() == (27, 1, 9, 3)
+        torch.testing.assert_close(cnn(x), logits)  # a layout, not other values
+        torch.testing.assert_close(input_grad(cnn, x, y), grad)
+    assert weight.data_ptr() == data.data_ptr() and weight.stride() == strides
+    with pytest.raises(KeyError), channels_last(cnn, x):
+        raise KeyError("inside")
+    assert weight.data_ptr() == data.data_ptr() and weight.stride() == strides
+    one = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(32, 3))  # one input channel: restrided too
+    with channels_last(one, torch.rand(2, 1, 6, 6)) as used:
+        assert used and one[0].weight.stride() == (9, 1, 3, 1)
+    view = ViewNet()
+    with channels_last(view, x) as used:
+        assert not used and view.conv.weight.is_contiguous()
+    with channels_last(linear(8, 3), torch.rand(4, 8)) as used:
+        assert not used
+    for model in (cnn, view):
+        x_adv = attacks.pgd(model, x, y, eps=0.1, steps=3)
+        assert x_adv.is_contiguous() and within(x_adv, x, 0.1, "linf")
+        assert model[0].weight.stride() == strides if model is cnn else model.conv.weight.is_contiguous()
 
 
 class Constant(nn.Module):

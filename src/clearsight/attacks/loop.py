@@ -7,8 +7,10 @@ loop keeps per sample the worst case found over x itself, all iterates and resta
 The final iterate is scored with one extra forward pass, and so is x when the run starts at a random point.
 Restarts after the first attack only the samples no run has broken yet.
 
-While attacking, the model is in eval mode and its parameters are frozen (no weight-gradient work); both are
-restored afterwards, also on exceptions. Inputs are never modified; the result stays on their device.
+While attacking, the model is in eval mode and its parameters are frozen (no weight-gradient work); on CPU, a
+convolutional model's weights are also held in channels-last layout, which is 10-20% faster there
+(`clearsight.modes.channels_last`). All of it is restored afterwards, also on exceptions. Inputs are never
+modified; the result stays on their device, in their layout.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from clearsight.attacks.ball import Ball
 from clearsight.attacks.losses import get_loss
 from clearsight.checks import check_inputs, check_labels
 from clearsight.errors import ConfigError, DataError
-from clearsight.modes import eval_mode, frozen_parameters
+from clearsight.modes import channels_last, eval_mode, frozen_parameters
 
 # stepper(t, x_t, grad_t, value_t) -> x_{t+1}; value_t is the per-sample objective at x_t (maximized)
 Stepper = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -116,7 +118,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     if keep not in ("worst", "last") or (keep == "last" and restarts != 1):
         raise ConfigError(f"keep must be 'worst', or 'last' with restarts=1; got keep={keep!r}, restarts={restarts}")
     get_loss(loss)  # unknown names fail before any work
-    with attacking(model):
+    with attacking(model), channels_last(model, x):
         x, y = plain(x), plain(y)
         ball = Ball(x, eps, norm)
         goal = Goal(loss, _labels(model, x, y, targeted, target), targeted)
@@ -134,7 +136,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                 break
             worst.merge(idx, _run(model, ball[idx], goal[idx], int(steps), stepper(ball[idx]), random_start,
                                   generator, keep))
-    return worst.x
+    # in x's layout (gradients of a channels-last model may come back channels-last, and callers may .view)
+    return worst.x.contiguous() if x.is_contiguous() else worst.x
 
 
 def _run(model: nn.Module, ball: Ball, goal: Goal, steps: int, stepper: Stepper, random_start: bool,
