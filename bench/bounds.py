@@ -7,7 +7,9 @@ Rows: gradient_bounds (eps 0.01, gamma 0.01, from x) vs one forward + backward (
 parameters, as in a training step) of the same model and batch (target <= 4x); interval_forward over a given
 box vs a forward pass (target <= 2.5x); both bounds evaluated without autograd, as in certification. Also shown:
 a certified-explanation training step (forward, bounds and backward through both) vs a standard step (no target).
-Every timing is the minimum over interleaved blocks of calls, so that machine load hits all methods alike.
+Every method runs in rounds of interleaved blocks of calls. Times (ms) are the minimum over rounds; "ratio" is the
+median over rounds of the ratio of two adjacent blocks of one round (the same machine load for both), "(min)"
+the ratio of the two minima, which a load burst during one method's best block can skew on a shared machine.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from clearsight.bounds import gradient_bounds, interval_forward
 from clearsight.objectives.certified import certified_explanation
 
 
-def _time(fns: dict[str, Callable[[], object]], repeats: int, block: float = 0.02) -> dict[str, float]:
-    """Seconds per call of each function: the minimum over `repeats` interleaved blocks of calls.
+def _time(fns: dict[str, Callable[[], object]], repeats: int, block: float = 0.02) -> dict[str, list[float]]:
+    """Seconds per call of each function in each of `repeats` rounds of interleaved blocks of calls.
 
     Each block repeats a call until about `block` seconds pass (so microsecond calls are measured above timer
-    and scheduler noise); blocks of all functions alternate, so load from other processes hits all alike, and
-    the minimum estimates the unloaded time of each (the median is printed too when it differs a lot).
+    and scheduler noise); in every round the blocks of all functions run back to back, so a ratio of two
+    adjacent blocks of one round compares the functions under the same machine load.
     """
     inner = {}
     for name, fn in fns.items():
@@ -45,12 +47,17 @@ def _time(fns: dict[str, Callable[[], object]], repeats: int, block: float = 0.0
             for _ in range(inner[name]):
                 fn()
             times[name].append((time.perf_counter() - t0) / inner[name])
-    return {name: min(ts) for name, ts in times.items()} | {f"{n} median": statistics.median(ts)
-                                                              for n, ts in times.items()}
+    return times
 
 
-def bench_case(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Seconds of each pass for one model and batch."""
+def ratios(times: dict[str, list[float]], num: str, den: str) -> tuple[float, float]:
+    """(median over rounds of num/den in the same round, min(num) / min(den))."""
+    paired = statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+    return paired, min(times[num]) / min(times[den])
+
+
+def bench_case(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each pass for one model and batch, per round (`_time`)."""
     y = torch.randint(0, 10 if x.dim() > 2 else 2, (x.shape[0],))
     model.eval()
 
@@ -94,18 +101,22 @@ def main() -> None:
         ("mlp 784-256-256-10", lambda: cs.models.build("mlp", num_classes=10, input_shape=(1, 28, 28)), (1, 28, 28)),
         ("small-cnn avg 28x28", lambda: cs.models.build("small-cnn", num_classes=10, pool="avg"), (1, 28, 28)),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, min of {repeats} interleaved blocks")
-    header = (f"{'model':28s} {'batch':>5s} {'fwd+bwd ms':>10s} {'bounds ms':>9s} {'ratio':>6s} {'fwd ms':>7s} "
-              f"{'ibp ms':>7s} {'ratio':>6s} {'cert step/fwd+bwd':>17s}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} rounds of interleaved blocks")
+    header = (f"{'model':28s} {'batch':>5s} {'fwd+bwd ms':>10s} {'bounds ms':>9s} {'ratio':>6s} {'(min)':>6s} "
+              f"{'fwd ms':>7s} {'ibp ms':>7s} {'ratio':>6s} {'(min)':>6s} {'cert step/fwd+bwd':>17s}")
     print(header)
     print("-" * len(header))
     for name, make, shape in cases:
         model = make()
         for b in batches:
             t = bench_case(model, torch.rand(b, *shape), repeats)
-            print(f"{name:28s} {b:5d} {1e3 * t['fwd+bwd']:10.3f} {1e3 * t['gradient_bounds']:9.3f} "
-                  f"{t['gradient_bounds'] / t['fwd+bwd']:5.2f}x {1e3 * t['forward']:7.3f} {1e3 * t['ibp']:7.3f} "
-                  f"{t['ibp'] / t['forward']:5.2f}x {t['cert_step'] / t['fwd+bwd']:16.2f}x")
+            best = {k: 1e3 * min(v) for k, v in t.items()}
+            grad, grad_min = ratios(t, "gradient_bounds", "fwd+bwd")
+            ibp, ibp_min = ratios(t, "ibp", "forward")
+            cert, _ = ratios(t, "cert_step", "fwd+bwd")
+            print(f"{name:28s} {b:5d} {best['fwd+bwd']:10.3f} {best['gradient_bounds']:9.3f} {grad:5.2f}x "
+                  f"{grad_min:5.2f}x {best['forward']:7.3f} {best['ibp']:7.3f} {ibp:5.2f}x {ibp_min:5.2f}x "
+                  f"{cert:16.2f}x")
     print("targets: gradient_bounds <= 4x fwd+bwd; ibp <= 2.5x forward")
 
 

@@ -323,6 +323,23 @@ def test_in_place_relu_rule_is_the_exact_image_of_the_interval():
     assert bool((out_rad >= 0).all()) and torch.equal(out_mid[:300], mid[:300].relu())
 
 
+def test_results_without_autograd_own_their_memory():
+    # the no-grad path reuses scratch memory for |W|; no result may alias it (or anything a later call writes)
+    model, shape, classes = MODELS["small-cnn"]()
+    model.eval()
+    x1, x2 = torch.rand(3, *shape), torch.rand(3, *shape)
+    y = torch.randint(0, classes, (3,))
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        first = (*bounds.interval_forward(model, *interval.input_box(x1, 0.02)),
+                 *bounds.gradient_bounds(model, x1, y, eps=0.02, gamma=0.01))
+        kept = [t.clone() for t in first]
+        bounds.interval_forward(model, *interval.input_box(x2, 0.05))
+        bounds.gradient_bounds(model, x2, y, eps=0.05, gamma=0.02)
+    assert all(torch.equal(a, b) for a, b in zip(first, kept, strict=True))
+    assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())  # the weights are untouched
+
+
 class _WidthOf(nn.Module):
     """Wraps a network so torch.func.functional_call can substitute its parameters inside gradient_bounds."""
 
