@@ -7,9 +7,10 @@ Rows: gradient_bounds (eps 0.01, gamma 0.01, from x) vs one forward + backward (
 parameters, as in a training step) of the same model and batch (target <= 4x); interval_forward over a given
 box vs a forward pass (target <= 2.5x); both bounds evaluated without autograd, as in certification. Also shown:
 a certified-explanation training step (forward, bounds and backward through both) vs a standard step (no target).
-Every method runs in rounds of interleaved blocks of calls. Times (ms) are the minimum over rounds; "ratio" is the
-median over rounds of the ratio of two adjacent blocks of one round (the same machine load for both), "(min)"
-the ratio of the two minima, which a load burst during one method's best block can skew on a shared machine.
+Every method runs in rounds of interleaved blocks of calls (fwd+bwd, gradient_bounds, forward, ibp, cert step).
+Times (ms) are the minimum over rounds; "ratio" is the median over rounds of the ratio of the two blocks in one
+round (adjacent for both targets, so under nearly the same machine load), "(min)" the ratio of the two minima,
+which a load burst during one method's best block can skew on a shared machine.
 """
 
 from __future__ import annotations

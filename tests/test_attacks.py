@@ -4,6 +4,7 @@ robust accuracy, state restoration, input validation, explanation attacks and hy
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
 from functools import partial
 from itertools import pairwise
 
@@ -401,6 +402,33 @@ class ViewNet(nn.Module):
         return self.fc(h.view(h.shape[0], -1))
 
 
+class BatchTwoView(nn.Module):
+    """Per-channel means by a view that merges the batch and channel axes: in channels-last layout it fails only
+    once the batch has two samples or more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        b, c = h.shape[:2]
+        return self.fc(h.view(b * c, -1).mean(1).view(b, c))
+
+
+class RawMemory(nn.Module):
+    """Reads its conv weight's memory in storage order: runs in both layouts but computes other values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        w = self.conv.weight
+        flat = torch.as_strided(w, (w.numel(),), (1,))
+        return self.conv(x).mean((2, 3))[:, :3] + flat[:3]
+
+
 def input_grad(model, x, y):
     x = x.detach().requires_grad_(True)
     return torch.autograd.grad(F.cross_entropy(model(x), y), x)[0]
@@ -433,6 +461,39 @@ def test_attacks_hold_conv_weights_channels_last_only_where_the_model_runs_so_an
         x_adv = attacks.pgd(model, x, y, eps=0.1, steps=3)
         assert x_adv.is_contiguous() and within(x_adv, x, 0.1, "linf")
         assert model[0].weight.stride() == strides if model is cnn else model.conv.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("make", [BatchTwoView, RawMemory])
+def test_models_that_fail_or_compute_otherwise_in_channels_last_are_left_alone(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x, y = torch.rand(6, 3, 6, 6), torch.randint(0, 3, (6,))
+    with channels_last(model, x) as used:
+        assert not used and model.conv.weight.is_contiguous()
+    assert within(attacks.pgd(model, x, y, eps=0.1, steps=3), x, 0.1, "linf")
+
+
+def test_channels_last_probe_leaves_train_mode_state_and_the_rng_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                          nn.Linear(64, 3)).train()
+    x = torch.rand(4, 3, 6, 6)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with channels_last(model, x) as used:
+        assert used and model.training  # the probe ran in eval mode, the block sees the caller's mode
+        assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BN statistics untouched
+
+
+def test_pgd_is_the_same_attack_with_and_without_channels_last(monkeypatch):
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(72, 4))
+    x, y = torch.rand(16, 3, 6, 6), torch.randint(0, 4, (16,))
+    fast = attacks.pgd(cnn, x, y, eps=0.05, steps=5, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr("clearsight.attacks.loop.channels_last", lambda model, x: nullcontext(False))
+    slow = attacks.pgd(cnn, x, y, eps=0.05, steps=5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
 
 
 class Constant(nn.Module):

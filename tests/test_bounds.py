@@ -321,23 +321,44 @@ def test_in_place_relu_rule_is_the_exact_image_of_the_interval():
     torch.testing.assert_close((out_mid - out_rad, out_mid + out_rad), ((mid - rad).relu(), (mid + rad).relu()),
                                rtol=0, atol=1e-15)
     assert bool((out_rad >= 0).all()) and torch.equal(out_mid[:300], mid[:300].relu())
+    # an overflowed pre-activation: relu(-inf) = 0, not NaN (the autograd path's endpoints give (0, 0) too)
+    out = rules._relu_inplace(torch.tensor([-math.inf, -math.inf]), torch.tensor([0.0, 2.0]))
+    assert torch.equal(torch.stack(out), torch.zeros(2, 2))
 
 
 def test_results_without_autograd_own_their_memory():
-    # the no-grad path reuses scratch memory for |W|; no result may alias it (or anything a later call writes)
+    # the no-grad path writes |W| into scratch memory kept per weight; no result may alias it: a later call on
+    # other weights rewrites the scratch with other values, and the first results must not move
     model, shape, classes = MODELS["small-cnn"]()
     model.eval()
-    x1, x2 = torch.rand(3, *shape), torch.rand(3, *shape)
+    x = torch.rand(3, *shape)
     y = torch.randint(0, classes, (3,))
-    params = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        first = (*bounds.interval_forward(model, *interval.input_box(x1, 0.02)),
-                 *bounds.gradient_bounds(model, x1, y, eps=0.02, gamma=0.01))
+        first = (*bounds.interval_forward(model, *interval.input_box(x, 0.02)),
+                 *bounds.gradient_bounds(model, x, y, eps=0.02, gamma=0.01))
         kept = [t.clone() for t in first]
-        bounds.interval_forward(model, *interval.input_box(x2, 0.05))
-        bounds.gradient_bounds(model, x2, y, eps=0.05, gamma=0.02)
+        for p in model.parameters():
+            p.mul_(-1.5)
+        bounds.interval_forward(model, *interval.input_box(x, 0.05))
+        bounds.gradient_bounds(model, x, y, eps=0.05, gamma=0.02)
+        weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+        assert all(torch.equal(rules._SCRATCH.store[id(w)][1], w.abs()) for w in weights)  # the scratch moved
     assert all(torch.equal(a, b) for a, b in zip(first, kept, strict=True))
-    assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())  # the weights are untouched
+
+
+def test_bounds_under_inference_mode_then_no_grad():
+    # scratch made under inference_mode must stay writable outside it (and the other way round)
+    model, shape, classes = MODELS["mlp"]()
+    x = torch.rand(2, *shape)
+    y = torch.randint(0, classes, (2,))
+    with torch.inference_mode():
+        inside = bounds.gradient_bounds(model, x, y, eps=0.03)
+    with torch.no_grad():
+        outside = bounds.gradient_bounds(model, x, y, eps=0.03)
+    with torch.inference_mode():
+        again = bounds.gradient_bounds(model, x, y, eps=0.03)
+    torch.testing.assert_close(inside, outside)
+    torch.testing.assert_close(again, outside)
 
 
 class _WidthOf(nn.Module):
@@ -434,6 +455,8 @@ def test_bad_arguments_get_clear_errors():
         bounds.gradient_bounds(model, x + 1, torch.tensor([0, 1]))
     with pytest.raises(DataError, match="lower <= upper"):
         bounds.interval_forward(model, x, x - 0.1)
+    with pytest.raises(DataError, match="same shape and dtype"):
+        bounds.interval_forward(model, x, x.double())
     for bad in (float("nan"), float("inf")):
         corrupt = x.clone()
         corrupt[1, 2] = bad

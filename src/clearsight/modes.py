@@ -44,30 +44,55 @@ def channels_last(model: nn.Module, x: torch.Tensor) -> Iterator[bool]:
     (BENCHMARKS.md), which is most of an attack's time. Only a layout changes, not the values: each tensor is
     swapped for a channels-last copy of its data, and on exit the original data (same storage) is put back, so
     references to the parameters and optimizer state stay valid. The swap is for frozen use (attacks): an
-    update made to a parameter inside the block is discarded on exit.
+    update made to a swapped tensor inside the block is discarded on exit, and other threads using the same
+    model meanwhile see the swapped layout.
 
-    Yields whether the layout is in use: not on other devices (where the gain is not measured), for inputs that
-    are not images [B, C, H, W], for models without 4-d weights, or when the model cannot run in that layout
-    (e.g. it calls `.view` on a convolution's output), found by one forward pass of one sample.
+    Yields whether any tensor was swapped. None is for inputs that are not images [B, C, H, W], for tensors not
+    on the CPU (the gain is measured there only), or when the model does not compute the same outputs in that
+    layout: a probe runs it on two samples of `x` in both layouts (eval mode, no autograd, the CPU random state
+    restored afterwards) and keeps channels-last only if both runs succeed and agree to float rounding. So a
+    model that calls `.view` on a convolution's output, or reads raw memory, is left as it is. The probe runs
+    the model's forward (and its hooks) twice more.
     """
     swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
-    if x.device.type == "cpu" and x.dim() == 4 and x.shape[0] > 0:
-        for m in model.modules():
-            for t in (*m._parameters.values(), *m._buffers.values()):
-                if t is not None and t.dim() == 4 and t.stride() != _nhwc_strides(t.shape):
-                    swapped.append((t, t.data))
-                    t.data = t.data.clone(memory_format=torch.channels_last)
     try:
-        if swapped:
-            try:
-                with torch.no_grad():
-                    model(x[:1])
-            except RuntimeError:
-                _restore(swapped)  # the model needs NCHW; its own errors surface in the NCHW run
-                swapped = []
+        if x.dim() == 4 and x.shape[0] > 0 and x.device.type == "cpu":
+            probe = x[:2]  # two samples: some reshapes only fail once the batch axis is not of size 1
+            with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+                reference = _outputs(model, probe)
+                if reference is not None:
+                    _swap(model, swapped)
+                    if swapped and not _agree(_outputs(model, probe), reference):
+                        _restore(swapped)
+                        swapped.clear()
         yield bool(swapped)
     finally:
         _restore(swapped)
+
+
+def _swap(model: nn.Module, swapped: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for m in model.modules():
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None and t.dim() == 4 and t.device.type == "cpu" and t.stride() != _nhwc_strides(t.shape):
+                swapped.append((t, t.data))  # recorded first: an interrupted clone still restores
+                t.data = t.data.clone(memory_format=torch.channels_last)
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """model(x) if it runs and returns a tensor, else None (its errors surface again in the caller's own run)."""
+    try:
+        out = model(x)
+    except Exception:  # any failure only means: do not use the layout
+        return None
+    return out if isinstance(out, torch.Tensor) else None
+
+
+def _agree(out: torch.Tensor | None, reference: torch.Tensor) -> bool:
+    """Equal up to the float rounding of other convolution kernels (relative to the outputs' scale)."""
+    if out is None or out.shape != reference.shape:
+        return False
+    scale = 1.0 + float(reference.abs().max()) if reference.numel() else 1.0
+    return bool(((out - reference).abs() <= 1e-4 * scale).all())
 
 
 def _nhwc_strides(shape: torch.Size) -> tuple[int, ...]:

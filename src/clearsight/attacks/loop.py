@@ -9,8 +9,9 @@ Restarts after the first attack only the samples no run has broken yet.
 
 While attacking, the model is in eval mode and its parameters are frozen (no weight-gradient work); on CPU, a
 convolutional model's weights are also held in channels-last layout, which is 10-20% faster there
-(`clearsight.modes.channels_last`). All of it is restored afterwards, also on exceptions. Inputs are never
-modified; the result stays on their device, in their layout.
+(`clearsight.modes.channels_last`, which leaves models that compute otherwise in that layout alone). All of it
+is restored afterwards, also on exceptions. Inputs are never modified; the result stays on their device, and is
+contiguous when they are.
 """
 
 from __future__ import annotations

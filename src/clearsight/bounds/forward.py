@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from clearsight.bounds.interval import endpoints, midrad
+from clearsight.bounds.interval import midrad
 from clearsight.bounds.layers import bound_layers, propagate
 from clearsight.checks import check_labels, check_radius
 from clearsight.errors import DataError
@@ -27,11 +27,13 @@ def box_midrad(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, 
     for name, t in (("lower", lower), ("upper", upper)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2:
             raise DataError(f"{name} must be a floating tensor [B, ...]")
-    if lower.shape != upper.shape:
-        raise DataError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} must have the same shape")
+    if lower.shape != upper.shape or lower.dtype != upper.dtype:
+        raise DataError(f"lower {tuple(lower.shape)} {lower.dtype} and upper {tuple(upper.shape)} {upper.dtype} must "
+                        "have the same shape and dtype")
     mid, rad = midrad(lower, upper)
-    # rad = upper - lerp(lower, upper, 1/2) is >= 0 iff lower <= upper; a NaN or infinite end makes it NaN or
-    # infinite (inf - inf = NaN), and NaN fails both comparisons
+    # rad = upper - lerp(lower, upper, 1/2) < 0 where lower exceeds upper by more than rounding (a box inverted by
+    # one ulp reads as the point it rounds to, which bounds its empty set soundly); a NaN or infinite end makes
+    # rad NaN or infinite (inf - inf = NaN), and NaN fails both comparisons
     low, high = torch.aminmax(rad)
     if not (float(low) >= 0 and float(high) < math.inf):
         for name, t in (("lower", lower), ("upper", upper)):
@@ -58,7 +60,7 @@ def interval_forward(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor,
     check_radius(gamma, "gamma")
     layers = bound_layers(model)
     mid, rad, _ = propagate(layers, *box_midrad(lower, upper), float(gamma))
-    return endpoints(mid, rad, inplace=not torch.is_grad_enabled())
+    return mid - rad, mid + rad
 
 
 def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, target: torch.Tensor, *,

@@ -147,7 +147,8 @@ def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma:
     """Enclose module(x) for x in [mid ± rad] (parameters in the gamma box): the IBP step of one layer.
 
     Returns (mid, rad, ctx); ctx holds what `backward_rule` needs (|W|, the ReLU's output endpoints, shapes) and
-    must stay intact if `record`. `inplace` lets the rule overwrite mid and rad (only without autograd).
+    must stay intact if `record`; without autograd its |W| is scratch memory (`_weight_abs`), valid for the
+    backward pass of the same bound call. `inplace` lets the rule overwrite mid and rad (only without autograd).
     """
     if isinstance(module, nn.Linear | nn.Conv2d):
         op = F.linear if isinstance(module, nn.Linear) else _conv(module)
@@ -174,25 +175,42 @@ def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma:
     return mid * _per_channel(scale, mid) + _per_channel(shift, mid), rad * _per_channel(scale.abs(), rad), ()
 
 
-_SCRATCH = threading.local()  # per thread: id(weight) -> (weakref to the weight, buffer like it)
+class _Store(dict):
+    """id(weight) -> (weakref to the weight, buffer like it); a dict subclass so callbacks can hold a weakref."""
+
+
+_SCRATCH = threading.local()  # one _Store per thread
 
 
 def _weight_abs(weight: torch.Tensor, *, scratch: bool) -> torch.Tensor:
-    """|weight|, with `scratch` (no autograd) written into a buffer kept per weight and thread.
+    """|weight|; with `scratch` (no autograd) on CPU, written into a buffer kept per weight and thread.
 
-    The values are recomputed on every call; only the storage is reused. A fresh weight-sized buffer per call
-    costs page faults on CPU once the allocator returns freed memory to the system, which for a 784-wide first
-    layer took longer than both products of the layer's bound. The buffer lives as long as the weight.
+    The values are recomputed on every call; only the storage is reused, and it stays valid until the next
+    scratch call on the same weight in the same thread. A fresh weight-sized buffer per call costs page faults
+    on CPU once the allocator has returned freed memory to the system, which for a 784-wide first layer took
+    longer than both products of the layer's bound (other devices have caching allocators). A buffer is
+    dropped with its weight.
     """
-    if not scratch:
+    if not scratch or weight.device.type != "cpu":
         return weight.abs()
-    store: dict[int, tuple[weakref.ref, torch.Tensor]] = _SCRATCH.__dict__.setdefault("store", {})
+    store = _SCRATCH.__dict__.get("store")
+    if store is None:
+        store = _SCRATCH.store = _Store()
     key = id(weight)
     entry = store.get(key)
     if entry is None or entry[0]() is not weight or entry[1].shape != weight.shape or \
-            entry[1].dtype != weight.dtype or entry[1].device != weight.device:
-        # the callback drops the buffer with the weight (and a stale entry whose id was reused is replaced here)
-        entry = (weakref.ref(weight, lambda _, key=key: store.pop(key, None)), torch.empty_like(weight))
+            entry[1].dtype != weight.dtype:
+        # the callback holds the store weakly (no cycle keeps a finished thread's buffers alive) and runs when the
+        # weight dies, before its id can be reused; a stale entry of a reused id is replaced here anyway
+        store_ref = weakref.ref(store)
+
+        def drop(_: weakref.ref, key: int = key) -> None:
+            alive = store_ref()
+            if alive is not None:
+                alive.pop(key, None)
+
+        with torch.inference_mode(False):  # a normal tensor can be written under inference mode and outside it
+            entry = (weakref.ref(weight, drop), torch.empty_like(weight))
         store[key] = entry
     return torch.abs(weight, out=entry[1])
 
@@ -205,7 +223,8 @@ def _relu_inplace(mid: torch.Tensor, rad: torch.Tensor) -> Interval:
     is [0, m + r]). Exact at r = 0. No temporary: on CPU an activation-sized allocation can cost page faults
     comparable to the arithmetic.
     """
-    half = rad.lerp_(mid, 0.5).clamp_(min=0.0)
+    # lerp(m, r, 1/2) = r - (r - m)/2: finite r with m = -inf gives -inf (relu'd to 0), not inf - inf = NaN
+    half = torch.lerp(mid, rad, 0.5, out=rad).clamp_(min=0.0)
     out_mid = torch.maximum(mid, half, out=mid)
     return out_mid, half.lerp_(out_mid, -1.0)  # h + (-1)(m' - h) = 2h - m'
 
