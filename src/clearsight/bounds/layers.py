@@ -93,12 +93,20 @@ def _visit(module: nn.Module, name: str, out: list[tuple[str, nn.Module]]) -> No
     out.append((name, module))
 
 
-@functools.cache
-def _role(cls: type) -> str | None:
+_ROLES: dict[type, str | None] = {}
+
+
+def _role(cls: type[nn.Module]) -> str | None:
     """What the walk does with a module class: "sequential" (descend), "identity" (drop), "maxpool" (refuse),
-    "layer" (bound it) or None (unsupported). A class depends only on its type, so this is cached per class:
-    the walk runs on every bound call.
+    "layer" (bound it) or None (unsupported). It depends only on the class, so it is cached per class: the walk
+    runs on every bound call.
     """
+    if cls not in _ROLES:
+        _ROLES[cls] = _classify(cls)
+    return _ROLES[cls]
+
+
+def _classify(cls: type[nn.Module]) -> str | None:
     if issubclass(cls, nn.Sequential) and cls.forward is nn.Sequential.forward:
         return "sequential"
     if any(issubclass(cls, base) and cls.forward is base.forward for base in _IDENTITY):
