@@ -256,6 +256,30 @@ def test_result_rows_are_standard_json_and_keep_their_fields(tmp_path):
     with pytest.raises(ConfigError, match="option named 'n', which result rows reserve"):
         row_key("max_sensitivity", {"n": 10, "radius": 0.1})
 
+def _append_many(path: str, tag: int, n: int) -> None:
+    for i in range(n):
+        io.append_jsonl(Path(path), [{"key": "row", "writer": tag, "i": i}])
+
+
+def test_concurrent_appends_keep_every_row(tmp_path):
+    # two processes appending to one results file at once (evaluate and certify on one run): no row may be lost
+    import multiprocessing
+
+    path = tmp_path / "results.jsonl"
+    io.append_jsonl(path, [{"key": "first"}])
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    writers = [ctx.Process(target=_append_many, args=(str(path), tag, 40)) for tag in (1, 2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in writers)
+    rows = io.read_jsonl(path)
+    assert rows[0] == {"key": "first"} and len(rows) == 81
+    for tag in (1, 2):  # each writer's rows, all there and in its own order
+        assert [r["i"] for r in rows if r.get("writer") == tag] == list(range(40))
+
+
 def test_learning_rate_schedules():
     cos = TrainConfig(schedule="cosine")
     assert lr_factor(cos, 0, 100) == 1.0 and lr_factor(cos, 50, 100) == pytest.approx(0.5)

@@ -11,7 +11,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clearsight.errors import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 def _umask() -> int:
@@ -99,8 +105,30 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Add rows to a JSON-lines file by atomically rewriting it (earlier rows are never at risk)."""
-    write_jsonl(path, [*read_jsonl(path), *rows])
+    """Add rows to a JSON-lines file by atomically rewriting it (earlier rows are never at risk).
+
+    The read and the rewrite happen under an exclusive lock on the file's folder, so processes appending at
+    once (say `evaluate` and `certify` on one run) wait for each other instead of each rewriting the file
+    without the other's rows. The folder, not the file, is locked: the rewrite replaces the file's inode, and a
+    lock file would add a file to the run directory. The lock is advisory (POSIX `flock`; where it is missing,
+    appends are not serialized).
+    """
+    with _exclusive(path.parent):
+        write_jsonl(path, [*read_jsonl(path), *rows])
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+        yield
+    finally:
+        os.close(fd)
 
 
 def save_weights(path: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
