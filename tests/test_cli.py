@@ -102,6 +102,21 @@ def credit_run(tmp_path_factory) -> Path:
     return out
 
 
+def test_resuming_a_finished_run_adds_no_duplicate_row(tmp_path):
+    from conftest import SHARED
+
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "german-credit", "--model", "mlp", "--epochs", "1", "--out", str(out), "--set",
+            f"data.root={SHARED}", "--set", "model.widths=[8]", "--set", "train.progress=none"]
+    assert main(args) == 0
+    rows = io.read_jsonl(out / "results.jsonl")
+    assert main([*args, "--resume"]) == 0  # nothing left to train: the same weights, the same row
+    assert io.read_jsonl(out / "results.jsonl") == rows and len(rows) == 1
+    (out / "results.jsonl").unlink()  # as if killed after the last checkpoint, before the row was written
+    assert main([*args, "--resume"]) == 0
+    assert io.read_jsonl(out / "results.jsonl") == rows
+
+
 def test_certify_appends_sound_certificates_to_the_run(credit_run, capsys):
     from clearsight import bounds, data
     from clearsight.runs import open_run

@@ -82,7 +82,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     engine.fit(model, objective, train, out_dir=out, resume=args.resume, run_config=doc,
                **{k: getattr(cfg.train, k) for k in cfg.train.__dataclass_fields__})
     rows = engine.evaluate_rows(model, test, suite="clean", device=cfg.train.device)
-    io.append_jsonl(out / "results.jsonl", rows)
+    # a resumed run with nothing left to train evaluates the same weights to the same row: keep one copy (and
+    # still add it when a kill came between the last checkpoint and this append)
+    io.append_jsonl(out / "results.jsonl", rows, skip_present=True)
     _print_rows(rows)
     print(f"run written to {out}")
     return 0

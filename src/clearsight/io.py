@@ -104,8 +104,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]], *, skip_present: bool = False) -> None:
     """Add rows to a JSON-lines file by atomically rewriting it (earlier rows are never at risk).
+
+    `skip_present` leaves out rows the file already holds exactly (as written, i.e. in standard JSON form).
 
     The read and the rewrite happen under an exclusive lock on the file's folder, so processes appending at
     once (say `evaluate` and `certify` on one run) wait for each other instead of each rewriting the file
@@ -114,7 +116,11 @@ def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     appends are not serialized).
     """
     with _exclusive(path.parent):
-        write_jsonl(path, [*read_jsonl(path), *rows])
+        existing = read_jsonl(path)
+        new = [json.loads(json.dumps(_finite(_plain(r)), allow_nan=False)) for r in rows]
+        if skip_present:
+            new = [r for r in new if r not in existing]
+        write_jsonl(path, [*existing, *new])
 
 
 @contextmanager
