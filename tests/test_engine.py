@@ -224,6 +224,39 @@ def test_full_suite_worst_case_row_runs_each_attack_with_its_own_options():
         cs.metrics.suite("full", eps_grid={"linf": ()}, num_classes=10)
 
 
+def test_the_worst_case_row_reuses_the_pgd_row_and_never_exceeds_it(monkeypatch):
+    import importlib
+
+    # the package exports functions named like their modules: fetch the modules themselves
+    pgd_module, apgd_module = (importlib.import_module(f"clearsight.attacks.{m}") for m in ("pgd", "apgd"))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    x = torch.rand(96, 16)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # all correct at eps 0, so every sample is attacked
+    ds = cs.data.ArrayDataset(x, y, classes=["a", "b", "c"], name="toy", split="test")
+    calls = {"pgd": 0, "apgd": 0}
+
+    def counting(name, run):
+        def wrapped(*args, **kwargs):
+            calls[name] += kwargs["eps"] == 0.02  # the hygiene check attacks at the largest budget only
+            return run(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(pgd_module, "run_attack", counting("pgd", pgd_module.run_attack))
+    monkeypatch.setattr(apgd_module, "run_attack", counting("apgd", apgd_module.run_attack))
+    rows = {r["key"]: r for r in cs.evaluate_rows(model, ds, suite="full", batch_size=32,
+                                                  eps_grid={"linf": (0.02, 0.1)})}
+    assert calls["pgd"] == 3  # one pgd-40 per batch at this budget: the worst-case row reuses it
+    assert 0 < calls["apgd"] <= 3
+    for eps in (0.02, 0.1):
+        pgd = rows[f"robust_accuracy/attack=pgd/eps={eps}/norm=linf/steps=40"]["value"]
+        both = rows[f"robust_accuracy/attack=pgd+apgd:loss=dlr,steps=100/eps={eps}/norm=linf/steps=40"]["value"]
+        assert both <= pgd
+    assert pgd < 1.0  # eps 0.1 breaks some samples, so the comparison above is not vacuous
+
+
 def test_attack_specs_give_each_attack_its_options():
     from clearsight.metrics.accuracy import parse_attacks
 

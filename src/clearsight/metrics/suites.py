@@ -8,7 +8,8 @@ None to skip it. Budgets come from the dataset's registry metadata `eps_grid` ({
            norm when it has no linf budgets); hygiene checks without the (expensive) more-steps-and-restarts
            comparison
     full   accuracy; pgd-40 at every eps of every norm; the worst case of pgd-40 (ce) and apgd-100 (dlr loss, or
-           ce for fewer than 3 classes) at every eps; all hygiene checks
+           ce for fewer than 3 classes) at every eps, which `evaluate` computes from the pgd-40 row's samples
+           (apgd runs only where pgd-40 failed); all hygiene checks
 """
 
 from __future__ import annotations
