@@ -78,7 +78,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Rows as standard JSON, one per line; non-finite floats become the strings "inf", "-inf", "nan" (Python's
     json would write the non-standard Infinity/NaN tokens that jq and JavaScript refuse)."""
-    write_text(path, "".join(json.dumps(_finite(_plain(r)), allow_nan=False) + "\n" for r in rows))
+    write_text(path, "".join(_json_line(r) + "\n" for r in rows))
+
+
+def _json_line(row: Mapping[str, Any]) -> str:
+    return json.dumps(_finite(_plain(row)), allow_nan=False)
 
 
 def _finite(value: Any) -> Any:
@@ -117,9 +121,7 @@ def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]], *, skip_present:
     """
     with _exclusive(path.parent):
         existing = read_jsonl(path)
-        new = [json.loads(json.dumps(_finite(_plain(r)), allow_nan=False)) for r in rows]
-        if skip_present:
-            new = [r for r in new if r not in existing]
+        new = [r for r in rows if not skip_present or json.loads(_json_line(r)) not in existing]
         write_jsonl(path, [*existing, *new])
 
 
