@@ -442,6 +442,43 @@ def test_layers_with_forward_hooks_are_refused():
     handle.remove()
     bounds.interval_forward(model, torch.zeros(1, 4), torch.ones(1, 4))
 
+
+class _Counted(nn.Module):
+    """A weight parametrization that counts its evaluations (each read of a parametrized weight runs it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return w * (1.0 + 0.01 * self.calls)  # a different weight at every read, as spectral_norm in train mode
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_parametrized_weight_is_read_once_per_bound(grad):
+    """The midpoint, the radius and the backward product of a layer must bound one network: a parametrized weight
+    that changes at every read (spectral_norm in train mode) is read once per bound call and kept for backward."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2))
+    frozen = copy.deepcopy(model)
+    counters = [_Counted(), _Counted()]
+    for layer, counter in zip((model[0], model[3]), counters, strict=True):
+        parametrize.register_parametrization(layer, "weight", counter)
+        counter.calls = 0  # registration evaluates it once
+    x, y = torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)
+    with torch.set_grad_enabled(grad):
+        g_lo, g_hi = bounds.gradient_bounds(model, x, y, eps=0.0)
+    assert [c.calls for c in counters] == [1, 1]
+    # the one weight read is the network bounded: at eps = 0 the bound is its exact gradient
+    with torch.no_grad():
+        for i in (0, 3):
+            frozen[i].weight.mul_(1.01)
+    torch.testing.assert_close(g_lo, true_gradient(frozen, x, y))
+    torch.testing.assert_close(g_hi, g_lo)
+
 def test_bad_arguments_get_clear_errors():
     model = build("mlp", num_classes=3, input_shape=(4,), widths=[5])
     x = torch.rand(2, 4)

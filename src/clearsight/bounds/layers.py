@@ -12,8 +12,9 @@ Semantics: the bounds describe the network in eval mode, whatever `model.trainin
 the identity and BatchNorm uses its running statistics (a fixed per-channel affine map). The parameter box
 (gamma) applies to the weights and biases of Linear and Conv2d only; Normalize has no parameters and BatchNorm
 is treated as a fixed affine map (its running statistics are not learnt by gradient, and its affine weights
-are commonly folded into the next layer). Anything else is refused with an error naming the layer, since a
-bound that silently ignored a layer would be unsound.
+are commonly folded into the next layer). A parametrized weight (torch.nn.utils.parametrizations) is evaluated
+once per bound call, and that one value is the weight bounded. Anything else is refused with an error naming
+the layer, since a bound that silently ignored a layer would be unsound.
 """
 
 from __future__ import annotations
@@ -138,11 +139,12 @@ def _channel_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     bn = cast(_BatchNorm, module)
     assert bn.running_mean is not None and bn.running_var is not None  # checked by the walk
     scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
+    weight, bias = bn.weight, bn.bias  # each read once, like the weights of Linear and Conv2d
+    if weight is not None:
+        scale = scale * weight
     shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    if bias is not None:
+        shift = shift + bias
     return scale, shift
 
 
@@ -154,15 +156,20 @@ def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma:
                  record: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """Enclose module(x) for x in [mid ± rad] (parameters in the gamma box): the IBP step of one layer.
 
-    Returns (mid, rad, ctx); ctx holds what `backward_rule` needs (|W|, the ReLU's output endpoints, shapes) and
-    must stay intact if `record`; without autograd its |W| is scratch memory (`_weight_abs`), valid for the
-    backward pass of the same bound call. `inplace` lets the rule overwrite mid and rad (only without autograd).
+    Returns (mid, rad, ctx); ctx holds what `backward_rule` needs (W and |W|, the ReLU's output endpoints,
+    shapes) and must stay intact if `record`; without autograd its |W| is scratch memory (`_weight_abs`), valid
+    for the backward pass of the same bound call. `inplace` lets the rule overwrite mid and rad (only without
+    autograd).
     """
     if isinstance(module, nn.Linear | nn.Conv2d):
+        # read once, and kept for the backward rule: a parametrized weight (torch.nn.utils.parametrizations) is
+        # recomputed at every read, and spectral_norm in train mode gives a different weight each time, so more
+        # reads would bound the midpoint, the radius and the backward product of different networks
+        weight = module.weight
         op = F.linear if isinstance(module, nn.Linear) else _conv(module)
-        weight_abs = _weight_abs(module.weight, scratch=inplace)
-        out_mid, out_rad = bilinear(op, mid, rad, module.weight, gamma, module.bias, weight_abs=weight_abs)
-        return out_mid, out_rad, (mid, weight_abs)
+        weight_abs = _weight_abs(weight, scratch=inplace)
+        out_mid, out_rad = bilinear(op, mid, rad, weight, gamma, module.bias, weight_abs=weight_abs)
+        return out_mid, out_rad, (mid, weight, weight_abs)
     if isinstance(module, nn.ReLU):
         if inplace and not record:
             return (*_relu_inplace(mid, rad), ())
@@ -248,9 +255,9 @@ def backward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma
     `inplace` lets the rule overwrite mid, rad and ctx (only without autograd; each ctx is used once).
     """
     if isinstance(module, nn.Linear):
-        return bilinear(torch.matmul, mid, rad, module.weight, gamma, weight_abs=ctx[1])
+        return bilinear(torch.matmul, mid, rad, ctx[1], gamma, weight_abs=ctx[2])
     if isinstance(module, nn.Conv2d):
-        return bilinear(_conv_transpose(module, mid, ctx[0]), mid, rad, module.weight, gamma, weight_abs=ctx[1])
+        return bilinear(_conv_transpose(module, mid, ctx[0]), mid, rad, ctx[1], gamma, weight_abs=ctx[2])
     if isinstance(module, nn.ReLU):
         # ctx holds relu(l), relu(u) >= 0, so sign() is the float mask [1(l > 0), 1(u > 0)] in one pass (strict
         # inequalities: relu'(0) = 0 in autograd)
