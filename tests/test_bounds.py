@@ -665,3 +665,28 @@ def test_certify_rows_on_a_tabular_dataset(shared_data):
         bounds.certify(model, test, eps=0.01, topk=5, sensitive="religion")
     with pytest.raises(ConfigError, match="needs both topk and sensitive"):
         bounds.certify(model, test, eps=0.01, topk=5)
+
+
+def test_certify_rows_are_the_means_of_the_registered_certified_metrics(shared_data):
+    """certify (one gradient bound shared by its certificates) and the per-sample metrics of the registry agree
+    row by row, direction included."""
+    import clearsight as cs
+
+    test = cs.data.load("german-credit", "test", root=shared_data)
+    torch.manual_seed(6)
+    model = build("mlp", num_classes=2, input_shape=test.input_shape, widths=[32])
+    rows = bounds.certify(model, test, eps=0.02, gamma=0.01, topk=5, sensitive="sex", delta=0.5, device="cpu",
+                          batch_size=64)
+    features = test.sensitive["sex"]
+    options = {"certified_accuracy": {}, "delta_bound": {}, "certified_delta": {"delta": 0.5},
+               "certified_topk": {"sensitive": features, "topk": 5}}
+    x, y = test.x, test.y
+    for row in rows:
+        name = row["metric"]
+        values = cs.metrics.get(name)(model, x, y, eps=0.02, gamma=0.01, **options[name])
+        assert values.shape == (len(test),)
+        assert row["value"] == pytest.approx(float(values.mean()), rel=1e-5)
+        assert row["higher_is_better"] is cs.metrics.METRICS.meta(name)["higher_is_better"]
+    # x is in its own box: a sample certified correct is classified correctly
+    certified = cs.metrics.get("certified_accuracy")(model, x, y, eps=0.02, gamma=0.01)
+    assert bool((certified <= cs.metrics.get("accuracy")(model, x, y)).all())

@@ -61,6 +61,8 @@ def test_help_and_list():
     for name in ("mnist-mini", "mnist", "fashion-mnist", "cifar10", "decoy-mnist", "german-credit", "adult"):
         assert f"\n{name} " in "\n" + listing.stdout
     assert "source='mnist-mini'" in listing.stdout  # options are shown
+    metrics = run("list", "metrics").stdout
+    assert "options: eps, delta, gamma=0.0" in metrics and "_empty" not in metrics  # required options bare
 
 
 @pytest.mark.parametrize("args, message", [

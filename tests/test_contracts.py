@@ -40,7 +40,9 @@ REQUIRED_META: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 # options a metric needs to be called (entries with required keyword-only options must appear here)
-METRIC_OPTIONS = {"robust_accuracy": {"eps": 0.05, "steps": 3}}
+METRIC_OPTIONS = {"robust_accuracy": {"eps": 0.05, "steps": 3}, "certified_accuracy": {"eps": 0.01},
+                  "delta_bound": {"eps": 0.01}, "certified_delta": {"eps": 0.01, "delta": 1.0},
+                  "certified_topk": {"eps": 0.01, "sensitive": [0, 5], "topk": 3}}
 
 
 def test_every_kind_is_listed_by_the_cli_and_has_a_metadata_contract():

@@ -30,7 +30,8 @@ def _options_text(fn: Any) -> str:
     skip = {"split", "root", "download", "model", "x", "y", "num_classes", "input_shape"}
     params = [p for p in inspect.signature(fn).parameters.values()
               if p.kind is p.KEYWORD_ONLY and p.name not in skip]
-    return ", ".join(f"{p.name}={_default_text(p.default)}" for p in params)
+    # a required option by its bare name (the empty default's repr would read "eps=_empty")
+    return ", ".join(p.name if p.default is p.empty else f"{p.name}={_default_text(p.default)}" for p in params)
 
 
 def _default_text(value: Any) -> str:

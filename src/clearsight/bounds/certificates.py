@@ -20,7 +20,7 @@ from clearsight.bounds.interval import input_box
 from clearsight.checks import check_inputs, check_radius
 from clearsight.data.base import as_array_dataset
 from clearsight.errors import ConfigError
-from clearsight.metrics.registry import ROW_FIELDS, row_key
+from clearsight.metrics.registry import METRICS, ROW_FIELDS, row_key
 from clearsight.modes import resolve_device
 from clearsight.progress import reporter
 
@@ -172,22 +172,23 @@ def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, to
     bar.close()
     common = {"eps": float(eps), "gamma": float(gamma), "n": len(data), "dataset": data.name, "split": data.split}
     bounds = torch.cat(parts["delta_bound"])
-    rows = [_row("certified_accuracy", torch.cat(parts["certified_accuracy"]), True, common),
-            _row("delta_bound", bounds, False, {**common, "p": p, "of": of, "relative": relative})]
+    rows = [_row("certified_accuracy", torch.cat(parts["certified_accuracy"]), common),
+            _row("delta_bound", bounds, {**common, "p": p, "of": of, "relative": relative})]
     if delta is not None:
-        rows.append(_row("certified_delta", bounds <= delta, True,
+        rows.append(_row("certified_delta", bounds <= delta,
                          {**common, "delta": float(delta), "p": p, "of": of, "relative": relative}))
     if features is not None:
         names = sensitive if isinstance(sensitive, str) else ",".join(sensitive or [])
-        rows.append(_row("certified_topk", torch.cat(parts["certified_topk"]), True,
+        rows.append(_row("certified_topk", torch.cat(parts["certified_topk"]),
                          {**common, "topk": int(topk or 0), "sensitive": names, "of": of}))
     return rows
 
 
-def _row(metric: str, values: torch.Tensor, higher_is_better: bool, opts: dict[str, Any]) -> dict[str, Any]:
+def _row(metric: str, values: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
+    """A result row of the registered metric `metric` (its direction read from the registry) over `values`."""
     keyed = {k: v for k, v in opts.items() if k not in ROW_FIELDS}
     return {"key": row_key(metric, keyed), "metric": metric, **opts, "value": float(values.float().mean()),
-            "higher_is_better": higher_is_better}
+            "higher_is_better": METRICS.meta(metric)["higher_is_better"]}
 
 
 def _sensitive_features(data: Any, sensitive: str | Sequence[str] | None) -> list[int]:
