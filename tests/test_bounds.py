@@ -197,6 +197,7 @@ def test_sampled_gradients_and_logits_lie_inside_the_bounds(spec, eps, gamma, da
     b, n = 3, 680  # about 2,000 points per example
     x = torch.rand(b, *shape, generator=gen, dtype=torch.float64)
     target = torch.randint(0, spec["classes"], (b,), generator=gen)
+
     def all_bounds():
         per = {of: bounds.gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of) for of in ("logit", "ce")}
         box = interval.input_box(x, eps)
@@ -421,7 +422,6 @@ def test_unknown_layers_and_residual_models_are_refused():
         bounds.bound_layers(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")))
 
 
-
 def test_a_module_used_twice_is_bounded_at_each_use():
     """Sequential.forward runs a module listed twice twice; the bound must too (a skipped ReLU is unsound)."""
     torch.manual_seed(4)
@@ -449,35 +449,77 @@ class _Counted(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
+        self.modes: list[bool] = []  # self.training at each evaluation
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.modes.append(self.training)
         return w * (1.0 + 0.01 * self.calls)  # a different weight at every read, as spectral_norm in train mode
 
 
-@pytest.mark.parametrize("grad", [True, False])
-def test_a_parametrized_weight_is_read_once_per_bound(grad):
-    """The midpoint, the radius and the backward product of a layer must bound one network: a parametrized weight
-    that changes at every read (spectral_norm in train mode) is read once per bound call and kept for backward."""
+def _counted_model() -> tuple[nn.Sequential, nn.Sequential, list[_Counted]]:
+    """(model with counted parametrizations on its conv and linear weights and biases and the BatchNorm weight,
+    a plain copy holding the values their first evaluation gives, the counters reset to 0)."""
     from torch.nn.utils import parametrize
 
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2))
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    model[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
     frozen = copy.deepcopy(model)
-    counters = [_Counted(), _Counted()]
-    for layer, counter in zip((model[0], model[3]), counters, strict=True):
-        parametrize.register_parametrization(layer, "weight", counter)
-        counter.calls = 0  # registration evaluates it once
-    x, y = torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)
+    counters = []
+    for i, name in ((0, "weight"), (0, "bias"), (1, "weight"), (4, "weight"), (4, "bias")):
+        counter = _Counted()
+        parametrize.register_parametrization(model[i], name, counter)
+        counter.calls, counter.modes = 0, []  # registration evaluates it once
+        counters.append(counter)
+        with torch.no_grad():
+            getattr(frozen[i], name).mul_(1.01)  # what the first evaluation after the reset returns
+    return model, frozen, counters
+
+
+BOUND_CALLS = {
+    "gradient_bounds": lambda m, x, y: bounds.gradient_bounds(m, x, y, eps=0.02, gamma=0.01, of="ce"),
+    "interval_forward": lambda m, x, y: bounds.interval_forward(m, *interval.input_box(x, 0.02), gamma=0.01),
+    "margin_bounds": lambda m, x, y: bounds.margin_bounds(m, *interval.input_box(x, 0.02), y, gamma=0.01),
+    "delta_bound relative": lambda m, x, y: bounds.delta_bound(m, x, y, eps=0.02, gamma=0.01, relative=True),
+    "certify": lambda m, x, y: bounds.certify(m, torch.utils.data.TensorDataset(x, y), eps=0.02, gamma=0.01,
+                                              delta=1.0, batch_size=2, device="cpu", progress="none"),
+}
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("call", list(BOUND_CALLS))
+def test_a_parametrized_tensor_is_read_once_per_bound(call, grad):
+    """The midpoint, the radius and the backward product of a layer must bound one network: a parametrized tensor
+    that changes at every read (as spectral_norm in train mode) is read once per bound call and kept for the
+    backward rule; certificates that combine bound calls (relative delta, certify over batches) read it once."""
+    model, _, counters = _counted_model()
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     with torch.set_grad_enabled(grad):
-        g_lo, g_hi = bounds.gradient_bounds(model, x, y, eps=0.0)
-    assert [c.calls for c in counters] == [1, 1]
-    # the one weight read is the network bounded: at eps = 0 the bound is its exact gradient
-    with torch.no_grad():
-        for i in (0, 3):
-            frozen[i].weight.mul_(1.01)
+        BOUND_CALLS[call](model, x, y)
+    assert [c.calls for c in counters] == [1] * len(counters)
+
+
+def test_certify_runs_the_model_in_eval_mode_and_restores_its_flags():
+    """A train-mode parametrization (spectral_norm) would update its state at every read; certify evaluates the
+    eval-mode network and gives the model back in train mode."""
+    model, _, counters = _counted_model()
+    model.train()
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    bounds.certify(model, torch.utils.data.TensorDataset(x, y), eps=0.02, device="cpu", progress="none")
+    assert all(c.modes == [False] for c in counters)
+    assert all(m.training for m in model.modules())
+
+
+def test_the_parametrized_tensors_read_are_the_network_bounded():
+    model, frozen, _ = _counted_model()
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    g_lo, g_hi = bounds.gradient_bounds(model, x, y, eps=0.0)
     torch.testing.assert_close(g_lo, true_gradient(frozen, x, y))
     torch.testing.assert_close(g_hi, g_lo)
+
 
 def test_bad_arguments_get_clear_errors():
     model = build("mlp", num_classes=3, input_shape=(4,), widths=[5])
@@ -680,13 +722,15 @@ def test_certify_rows_are_the_means_of_the_registered_certified_metrics(shared_d
     features = test.sensitive["sex"]
     options = {"certified_accuracy": {}, "delta_bound": {}, "certified_delta": {"delta": 0.5},
                "certified_topk": {"sensitive": features, "topk": 5}}
+    assert {row["metric"] for row in rows} == set(options)
+    assert {row["metric"]: row["higher_is_better"] for row in rows} == {
+        "certified_accuracy": True, "delta_bound": False, "certified_delta": True, "certified_topk": True}
     x, y = test.x, test.y
     for row in rows:
         name = row["metric"]
         values = cs.metrics.get(name)(model, x, y, eps=0.02, gamma=0.01, **options[name])
         assert values.shape == (len(test),)
         assert row["value"] == pytest.approx(float(values.mean()), rel=1e-5)
-        assert row["higher_is_better"] is cs.metrics.METRICS.meta(name)["higher_is_better"]
     # x is in its own box: a sample certified correct is classified correctly
     certified = cs.metrics.get("certified_accuracy")(model, x, y, eps=0.02, gamma=0.01)
     assert bool((certified <= cs.metrics.get("accuracy")(model, x, y)).all())

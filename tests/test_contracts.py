@@ -126,4 +126,8 @@ def test_every_metric_is_per_sample_and_leaves_the_model_alone(name):
     torch.manual_seed(1)
     head = METRICS.get(name)(model, x[:2], y[:2], **METRIC_OPTIONS.get(name, {}))
     torch.testing.assert_close(head, values[:2])
+    if not METRICS.meta(name)["needs_grad"]:  # a metric that does not differentiate also runs in inference mode
+        with torch.inference_mode():
+            torch.manual_seed(1)
+            torch.testing.assert_close(METRICS.get(name)(model, x, y, **METRIC_OPTIONS.get(name, {})), values)
 

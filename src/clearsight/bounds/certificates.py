@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import Dataset
 
 from clearsight.bounds.forward import margin_bounds
@@ -21,7 +22,7 @@ from clearsight.checks import check_inputs, check_radius
 from clearsight.data.base import as_array_dataset
 from clearsight.errors import ConfigError
 from clearsight.metrics.registry import METRICS, ROW_FIELDS, row_key
-from clearsight.modes import resolve_device
+from clearsight.modes import eval_mode, resolve_device
 from clearsight.progress import reporter
 
 
@@ -45,8 +46,9 @@ def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps:
         ||g(x)||_p if relative).
     """
     check_norm(p)
-    return _delta(model, x, target, *gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of), p=p, of=of,
-                  relative=relative)
+    with parametrize.cached():  # the relative bound's two gradient bounds see one value of each parametrization
+        return _delta(model, x, target, *gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of), p=p,
+                      of=of, relative=relative)
 
 
 def _delta(model: nn.Module, x: torch.Tensor, target: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, *,
@@ -140,6 +142,9 @@ def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, to
     - with `topk` and `sensitive`: certified_topk, the fraction for which no sensitive feature can enter the top-k
       attribution magnitudes (see `topk_rule`).
 
+    These are the means of the registered metrics of the same names (`clearsight.metrics`). The model runs in
+    eval mode (its flags are restored after) and each parametrized weight is evaluated once for the whole call.
+
     Args:
         sensitive: names of sensitive attributes of a tabular dataset (keys of `ds.sensitive`, e.g. "sex", or
             "sex,race"), or feature names from `ds.feature_names`.
@@ -160,7 +165,9 @@ def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, to
     parts: dict[str, list[torch.Tensor]] = {"certified_accuracy": [], "delta_bound": [], "certified_topk": []}
     starts = range(0, len(data), batch_size)
     bar = reporter(progress).bar(len(starts), f"certify (eps {eps:g})")
-    with torch.no_grad():
+    # eval mode: a train-mode parametrization (spectral_norm) would update its state at every read; cached: every
+    # batch and certificate bounds the same value of each parametrized weight, i.e. one network
+    with torch.no_grad(), eval_mode(model), parametrize.cached():
         for i in starts:
             x, y = data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev)
             parts["certified_accuracy"].append(certified_robust(model, x, y, eps=eps, gamma=gamma))

@@ -12,9 +12,10 @@ Semantics: the bounds describe the network in eval mode, whatever `model.trainin
 the identity and BatchNorm uses its running statistics (a fixed per-channel affine map). The parameter box
 (gamma) applies to the weights and biases of Linear and Conv2d only; Normalize has no parameters and BatchNorm
 is treated as a fixed affine map (its running statistics are not learnt by gradient, and its affine weights
-are commonly folded into the next layer). A parametrized weight (torch.nn.utils.parametrizations) is evaluated
-once per bound call, and that one value is the weight bounded. Anything else is refused with an error naming
-the layer, since a bound that silently ignored a layer would be unsound.
+are commonly folded into the next layer). A parametrized tensor (torch.nn.utils.parametrize, e.g. weight_norm or
+spectral_norm) is evaluated once per use of its layer in a bound call, and the forward and backward rules use
+that one value; certificates that combine several bound calls run them under `parametrize.cached()`. Anything
+else is refused with an error naming the layer, since a bound that silently ignored a layer would be unsound.
 """
 
 from __future__ import annotations
@@ -133,13 +134,11 @@ def _conv_padding(conv: nn.Conv2d, where: str = "") -> tuple[int, int]:
 
 
 def _channel_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) [C] with module(x) = x * scale + shift per channel, for eval BatchNorm and Normalize."""
-    if isinstance(module, Normalize):
-        return 1.0 / module.std, -module.mean / module.std
+    """(scale, shift) [C] with module(x) = x * scale + shift per channel, for eval BatchNorm."""
     bn = cast(_BatchNorm, module)
     assert bn.running_mean is not None and bn.running_var is not None  # checked by the walk
     scale = torch.rsqrt(bn.running_var + bn.eps)
-    weight, bias = bn.weight, bn.bias  # each read once, like the weights of Linear and Conv2d
+    weight, bias = bn.weight, bn.bias  # each read once per rule (a parametrized tensor is computed per read)
     if weight is not None:
         scale = scale * weight
     shift = -bn.running_mean * scale
@@ -157,9 +156,9 @@ def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma:
     """Enclose module(x) for x in [mid ± rad] (parameters in the gamma box): the IBP step of one layer.
 
     Returns (mid, rad, ctx); ctx holds what `backward_rule` needs (W and |W|, the ReLU's output endpoints,
-    shapes) and must stay intact if `record`; without autograd its |W| is scratch memory (`_weight_abs`), valid
-    for the backward pass of the same bound call. `inplace` lets the rule overwrite mid and rad (only without
-    autograd).
+    per-channel scales, shapes) and must stay intact if `record`; without autograd its |W| is scratch memory
+    (`_weight_abs`), valid for the backward pass of the same bound call. `inplace` lets the rule overwrite mid
+    and rad (only without autograd).
     """
     if isinstance(module, nn.Linear | nn.Conv2d):
         # read once, and kept for the backward rule: a parametrized weight (torch.nn.utils.parametrizations) is
@@ -184,10 +183,11 @@ def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma:
         # linear with non-negative weights: maps the midpoint and the radius separately
         return module(mid), module(rad), (mid,)
     if isinstance(module, Normalize):
-        std = _per_channel(module.std, mid)
-        return (mid - _per_channel(module.mean, mid)) / std, rad / std, ()
+        std = module.std  # kept for the backward rule, like the weights above
+        return (mid - _per_channel(module.mean, mid)) / _per_channel(std, mid), rad / _per_channel(std, rad), (std,)
     scale, shift = _channel_affine(module)
-    return mid * _per_channel(scale, mid) + _per_channel(shift, mid), rad * _per_channel(scale.abs(), rad), ()
+    return (mid * _per_channel(scale, mid) + _per_channel(shift, mid), rad * _per_channel(scale.abs(), rad),
+            (scale,))
 
 
 class _Store(dict):
@@ -275,9 +275,9 @@ def backward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma
     if isinstance(module, nn.Flatten):
         return mid.reshape(ctx[0].shape), rad.reshape(ctx[0].shape)
     if isinstance(module, Normalize):
-        std = _per_channel(module.std, mid)
+        std = _per_channel(ctx[0], mid)  # the std the forward rule used
         return mid / std, rad / std
-    scale, _ = _channel_affine(module)
+    scale = ctx[0]  # BatchNorm: the per-channel scale the forward rule used
     return mid * _per_channel(scale, mid), rad * _per_channel(scale.abs(), rad)
 
 

@@ -4,6 +4,10 @@ Each value is a guarantee over the clipped l-infinity box of radius eps around x
 gamma), not an estimate: 1.0 means certified, and the delta bound is an upper bound on how far the explanation
 can move. `clearsight.bounds.certify` computes the same quantities as dataset rows, sharing one gradient bound
 between the explanation certificates. The models must be plain nn.Sequential stacks the bounds support.
+
+Evaluated as given, like every metric: the bounds describe the eval-mode network whatever the flags, but a
+parametrization that depends on the mode (spectral_norm steps its power iteration in train mode) runs as the
+flags say. `clearsight.evaluate` and `certify` put the model in eval mode.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
 
 
 @METRICS.register("delta_bound", higher_is_better=False, needs_grad=False, paper="arXiv 2212.08507",
-                  description="bound on how far the input gradient of the label's logit can move in the eps box")
+                  description="bound on how far the input gradient of the label's logit can move in the eps box, "
+                              "relative to its norm at x by default")
 def delta_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, gamma: float = 0.0,
                 p: float = 2.0, of: str = "logit", relative: bool = True) -> torch.Tensor:
     """The delta-certificate ||upper - lower||_p of the gradient bounds [B] (`clearsight.bounds.delta_bound`).
