@@ -184,7 +184,8 @@ def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma:
         return module(mid), module(rad), (mid,)
     if isinstance(module, Normalize):
         std = module.std  # kept for the backward rule, like the weights above
-        return (mid - _per_channel(module.mean, mid)) / _per_channel(std, mid), rad / _per_channel(std, rad), (std,)
+        per = _per_channel(std, mid)
+        return (mid - _per_channel(module.mean, mid)) / per, rad / per, (std,)
     scale, shift = _channel_affine(module)
     return (mid * _per_channel(scale, mid) + _per_channel(shift, mid), rad * _per_channel(scale.abs(), rad),
             (scale,))

@@ -54,7 +54,10 @@ def delta_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
 def certified_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, delta: float,
                     gamma: float = 0.0, p: float = 2.0, of: str = "logit", relative: bool = True) -> torch.Tensor:
     """1.0 where the delta bound (see `delta_bound`) is at most `delta`, else 0.0; [B]."""
-    return (delta_bound(model, x, y, eps=eps, gamma=gamma, p=p, of=of, relative=relative) <= delta).float()
+    from clearsight.bounds import delta_certified
+
+    with torch.no_grad():
+        return delta_certified(model, x, y, delta=delta, eps=eps, gamma=gamma, p=p, of=of, relative=relative).float()
 
 
 @METRICS.register("certified_topk", higher_is_better=True, needs_grad=False, paper="arXiv 2212.08507",
