@@ -443,6 +443,44 @@ def test_layers_with_forward_hooks_are_refused():
     bounds.interval_forward(model, torch.zeros(1, 4), torch.ones(1, 4))
 
 
+def test_global_module_hooks_are_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda _m, _args, out: out * 2)
+    try:
+        with pytest.raises(ConfigError, match=r"1 global module hook\(s\)"):
+            bounds.interval_forward(model, torch.zeros(1, 4), torch.ones(1, 4))
+    finally:
+        handle.remove()
+    bounds.interval_forward(model, torch.zeros(1, 4), torch.ones(1, 4))
+
+
+def test_every_supported_layer_class_has_both_rules_and_is_named_in_the_errors():
+    assert set(rules._FORWARD) == set(rules._BACKWARD)
+    for cls in rules._FORWARD:
+        assert cls.__name__.rstrip("12d") in rules.SUPPORTED_NAMES, cls
+
+
+class _WideLinear(nn.Linear):
+    """A subclass that keeps Linear's forward: bounded by Linear's rules."""
+
+
+class _DoubledLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def test_subclasses_use_their_base_rules_unless_they_override_forward():
+    torch.manual_seed(5)
+    model = nn.Sequential(_WideLinear(5, 6), nn.ReLU(), _WideLinear(6, 3))
+    x, y = torch.rand(4, 5), torch.tensor([0, 1, 2, 0])
+    lo, hi = bounds.interval_forward(model, x, x)
+    torch.testing.assert_close((lo, hi), (model(x).detach(),) * 2)
+    g_lo, g_hi = bounds.gradient_bounds(model, x, y, eps=0.0)
+    torch.testing.assert_close((g_lo, g_hi), (true_gradient(model, x, y),) * 2)
+    with pytest.raises(ConfigError, match=r"_DoubledLinear at 1; supported layers"):
+        bounds.interval_forward(nn.Sequential(nn.Linear(5, 5), _DoubledLinear(5, 2)), x, x)
+
+
 class _Counted(nn.Module):
     """A weight parametrization that counts its evaluations (each read of a parametrized weight runs it)."""
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
+from collections.abc import Callable
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_mod
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
@@ -39,7 +41,7 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 # identity in eval mode; bounds always describe the eval-mode network
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
              nn.FeatureAlphaDropout)
-_SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.AvgPool2d, Normalize, *_BATCHNORM)
+_TOP = "the model's top level"  # where a layer that is the whole model is
 SUPPORTED_NAMES = "Linear, Conv2d, ReLU, Flatten, AvgPool2d, Normalize, BatchNorm1d/2d (eval), Dropout, Identity"
 
 
@@ -50,6 +52,13 @@ def bound_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         ConfigError: a layer has no sound interval rule (MaxPool, unknown layers, containers with their own
             forward such as residual blocks, or unsupported options); the message names the layer.
     """
+    if _module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks:
+        # hooks registered for every module (nn.modules.module.register_module_forward_hook) apply to the model
+        # as much as its own hooks do
+        count = len(_module_mod._global_forward_hooks) + len(_module_mod._global_forward_pre_hooks)
+        raise ConfigError(f"interval bounds cannot follow forward hooks, but {count} global module hook(s) are "
+                          "registered (torch.nn.modules.module.register_module_forward_hook or "
+                          "register_module_forward_pre_hook); remove them")
     layers: list[tuple[str, nn.Module]] = []
     _visit(model, "", layers)
     if not any(isinstance(m, nn.Linear | nn.Conv2d) for _, m in layers):
@@ -58,57 +67,72 @@ def bound_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _visit(module: nn.Module, name: str, out: list[tuple[str, nn.Module]]) -> None:
-    where = name or "the model's top level"
-    kind = type(module).__name__
     if module._forward_hooks or module._forward_pre_hooks:
         # a hook may change what the layer computes (old-style weight_norm/spectral_norm recompute the weight in
         # a pre-hook); the rules below read the parameters directly, so they would bound another network
-        raise ConfigError(f"interval bounds cannot follow forward hooks, but {kind} at {where} has "
+        raise ConfigError(f"interval bounds cannot follow forward hooks, but {_where(module, name)} has "
                           f"{len(module._forward_hooks) + len(module._forward_pre_hooks)}; remove them (use "
                           "torch.nn.utils.parametrizations for weight or spectral normalization)")
     role = _role(type(module))
-    if role == "sequential":
+    if role == "layer":
+        if isinstance(module, nn.Conv2d | _BatchNorm):
+            _check_options(module, name)
+        out.append((name, module))
+    elif role == "sequential":
         # _modules, not named_children(): Sequential.forward runs a module listed twice twice, named_children
         # would list it once and the bound would skip its second use
         for child_name, child in module._modules.items():
             if child is not None:
                 _visit(child, f"{name}.{child_name}" if name else child_name, out)
-        return
-    if role == "identity":
-        return
-    if role == "maxpool":
-        raise ConfigError(f"interval bounds do not support {kind} at {where}; build small-cnn with pool='avg' "
-                          "(average pooling has a sound interval rule)")
-    if role is None:
+    elif role == "maxpool":
+        raise ConfigError(f"interval bounds do not support {_where(module, name)}; build small-cnn with "
+                          "pool='avg' (average pooling has a sound interval rule)")
+    elif role is None:
         detail = (" (a container with its own forward, e.g. a residual block: bounds follow only plain "
                   "nn.Sequential models)" if next(module.children(), None) is not None else "")
-        raise ConfigError(f"interval bounds do not support {kind} at {where}{detail}; supported layers: "
+        raise ConfigError(f"interval bounds do not support {_where(module, name)}{detail}; supported layers: "
                           f"{SUPPORTED_NAMES}")
+    # role "identity": nothing to bound
+
+
+def _where(module: nn.Module, name: str) -> str:
+    """'<class> at <dotted name>' for error messages."""
+    return f"{type(module).__name__} at {name or _TOP}"
+
+
+def _check_options(module: nn.Module, name: str) -> None:
+    """Refuse the options of a Conv2d or BatchNorm that its rule does not bound."""
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros":
-            raise ConfigError(f"interval bounds support Conv2d with zero padding only; {where} uses "
+            raise ConfigError(f"interval bounds support Conv2d with zero padding only; {name or _TOP} uses "
                               f"padding_mode={module.padding_mode!r}")
-        _conv_padding(module, where)
-    if isinstance(module, _BATCHNORM) and (module.running_mean is None or module.running_var is None):
-        raise ConfigError(f"interval bounds need the running statistics of {kind} at {where} "
+        _conv_padding(module, name or _TOP)
+    elif module.running_mean is None or module.running_var is None:
+        raise ConfigError(f"interval bounds need the running statistics of {_where(module, name)} "
                           "(track_running_stats=True): the bounds describe the eval-mode network")
-    out.append((name, module))
 
 
 _ROLES: dict[type, str | None] = {}
+# a bounded layer's class -> the (forward, backward) rules of the supported class it is, filled by `_role`
+_LAYER_RULES: dict[type, tuple[ForwardRule, BackwardRule]] = {}
 
 
 def _role(cls: type[nn.Module]) -> str | None:
     """What the walk does with a module class: "sequential" (descend), "identity" (drop), "maxpool" (refuse),
-    "layer" (bound it) or None (unsupported). It depends only on the class, so it is cached per class: the walk
-    runs on every bound call.
+    "layer" (bound it, by the rules `_LAYER_RULES` holds for it) or None (unsupported). It depends only on the
+    class, so it is cached per class: the walk runs on every bound call.
     """
     if cls not in _ROLES:
-        _ROLES[cls] = _classify(cls)
+        role = _classify(cls)
+        if isinstance(role, type):
+            _LAYER_RULES[cls] = (_FORWARD[role], _BACKWARD[role])
+            role = "layer"
+        _ROLES[cls] = role
     return _ROLES[cls]
 
 
-def _classify(cls: type[nn.Module]) -> str | None:
+def _classify(cls: type[nn.Module]) -> str | type[nn.Module] | None:
+    """The role of `cls`, or for a bounded layer the supported class whose rules it uses."""
     if issubclass(cls, nn.Sequential) and cls.forward is nn.Sequential.forward:
         return "sequential"
     if any(issubclass(cls, base) and cls.forward is base.forward for base in _IDENTITY):
@@ -116,8 +140,8 @@ def _classify(cls: type[nn.Module]) -> str | None:
     if issubclass(cls, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d | nn.AdaptiveMaxPool2d):
         return "maxpool"
     # a subclass that overrides forward computes something else: refuse it rather than bound the base class
-    base = next((b for b in _SUPPORTED if issubclass(cls, b)), None)
-    return "layer" if base is not None and cls.forward is base.forward else None
+    base = next((b for b in _FORWARD if issubclass(cls, b)), None)  # the classes with registered rules
+    return base if base is not None and cls.forward is base.forward else None
 
 
 def _conv_padding(conv: nn.Conv2d, where: str = "") -> tuple[int, int]:
@@ -151,44 +175,178 @@ def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view((1, -1) + (1,) * (like.dim() - 2))
 
 
-def forward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, *, inplace: bool = False,
-                 record: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """Enclose module(x) for x in [mid ± rad] (parameters in the gamma box): the IBP step of one layer.
+ForwardRule = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, bool, bool],
+                      tuple[torch.Tensor, torch.Tensor, tuple]]
+BackwardRule = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, tuple, bool], Interval]
 
-    Returns (mid, rad, ctx); ctx holds what `backward_rule` needs (W and |W|, the ReLU's output endpoints,
-    per-channel scales, shapes) and must stay intact if `record`; without autograd its |W| is scratch memory
-    (`_weight_abs`), valid for the backward pass of the same bound call. `inplace` lets the rule overwrite mid
-    and rad (only without autograd).
+# the two interval rules of each supported layer class, registered below. A rule table rather than an isinstance
+# chain: the walk runs on every bound call and a small MLP's bound is short enough that Python dispatch shows
+_FORWARD: dict[type[nn.Module], ForwardRule] = {}
+_BACKWARD: dict[type[nn.Module], BackwardRule] = {}
+
+
+def _forward_rule(*classes: type[nn.Module]) -> Callable[[ForwardRule], ForwardRule]:
+    """Register the forward rule of `classes`.
+
+    forward(module, mid, rad, gamma, inplace, record) -> (mid, rad, ctx): enclose module(x) for x in
+    [mid ± rad] (parameters in the gamma box), the IBP step of one layer. ctx holds what the backward rule needs
+    (W and |W|, the ReLU's output endpoints, per-channel scales, shapes) and must stay intact if `record`;
+    without autograd its |W| is scratch memory (`_weight_abs`), valid for the backward pass of the same bound
+    call. `inplace` lets the rule overwrite mid and rad (only without autograd).
     """
-    if isinstance(module, nn.Linear | nn.Conv2d):
-        # read once, and kept for the backward rule: a parametrized weight (torch.nn.utils.parametrizations) is
-        # recomputed at every read, and spectral_norm in train mode gives a different weight each time, so more
-        # reads would bound the midpoint, the radius and the backward product of different networks
-        weight = module.weight
-        op = F.linear if isinstance(module, nn.Linear) else _conv(module)
-        weight_abs = _weight_abs(weight, scratch=inplace)
-        out_mid, out_rad = bilinear(op, mid, rad, weight, gamma, module.bias, weight_abs=weight_abs)
-        return out_mid, out_rad, (mid, weight, weight_abs)
-    if isinstance(module, nn.ReLU):
-        if inplace and not record:
-            return (*_relu_inplace(mid, rad), ())
-        # ReLU is monotone: the image of [l, u] is [relu(l), relu(u)]; relu(l) > 0 iff l > 0, so the relu'd
-        # endpoints also give the derivative interval [1(l > 0), 1(u > 0)] for the backward pass
-        lower, upper = endpoints(mid, rad, inplace=inplace)
-        lower, upper = lower.relu_(), upper.relu_()
-        return (*midrad(lower, upper), (lower, upper))  # ctx keeps lower and upper intact
-    if isinstance(module, nn.Flatten):
-        return mid.flatten(module.start_dim, module.end_dim), rad.flatten(module.start_dim, module.end_dim), (mid,)
-    if isinstance(module, nn.AvgPool2d):
-        # linear with non-negative weights: maps the midpoint and the radius separately
-        return module(mid), module(rad), (mid,)
-    if isinstance(module, Normalize):
-        std = module.std  # kept for the backward rule, like the weights above
-        per = _per_channel(std, mid)
-        return (mid - _per_channel(module.mean, mid)) / per, rad / per, (std,)
+    def register(rule: ForwardRule) -> ForwardRule:
+        _FORWARD.update(dict.fromkeys(classes, rule))
+        return rule
+    return register
+
+
+def _backward_rule(*classes: type[nn.Module]) -> Callable[[BackwardRule], BackwardRule]:
+    """Register the backward rule of `classes`.
+
+    backward(module, mid, rad, gamma, ctx, inplace) -> (mid, rad): enclose v^T J_module(x) for v in
+    [mid ± rad], x in the forward interval (ctx from the forward rule) and the parameters in the box.
+    `inplace` lets the rule overwrite mid, rad and ctx (only without autograd; each ctx is used once).
+    """
+    def register(rule: BackwardRule) -> BackwardRule:
+        _BACKWARD.update(dict.fromkeys(classes, rule))
+        return rule
+    return register
+
+
+def _param(module: nn.Module, name: str) -> torch.Tensor | None:
+    """module.<name> for a parameter, read from `_parameters` when it is there.
+
+    The same tensor as the attribute (a class attribute such as a parametrization's property takes the
+    parameter out of `_parameters`), without nn.Module.__getattr__'s fallback search, which costs a
+    microsecond per read on this path.
+    """
+    params = module._parameters
+    return params[name] if name in params else getattr(module, name)
+
+
+def _affine_forward(op: Callable[..., torch.Tensor], module: nn.Module, mid: torch.Tensor, rad: torch.Tensor,
+                    gamma: float, inplace: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    # read once, and kept for the backward rule: a parametrized weight (torch.nn.utils.parametrizations) is
+    # recomputed at every read, and spectral_norm in train mode gives a different weight each time, so more
+    # reads would bound the midpoint, the radius and the backward product of different networks
+    weight = cast(torch.Tensor, _param(module, "weight"))
+    weight_abs = _weight_abs(weight, scratch=inplace)
+    out_mid, out_rad = bilinear(op, mid, rad, weight, gamma, _param(module, "bias"), weight_abs=weight_abs)
+    return out_mid, out_rad, (mid, weight, weight_abs)
+
+
+@_forward_rule(nn.Linear)
+def _linear_forward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, inplace: bool,
+                    record: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    return _affine_forward(F.linear, module, mid, rad, gamma, inplace)
+
+
+@_backward_rule(nn.Linear)
+def _linear_backward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple,
+                     inplace: bool) -> Interval:
+    # v^T W by the transposed weight interval; a full interval product when gamma > 0
+    return bilinear(torch.matmul, mid, rad, ctx[1], gamma, weight_abs=ctx[2])
+
+
+@_forward_rule(nn.Conv2d)
+def _conv_forward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, inplace: bool,
+                  record: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    return _affine_forward(_conv(cast(nn.Conv2d, module)), module, mid, rad, gamma, inplace)
+
+
+@_backward_rule(nn.Conv2d)
+def _conv_backward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple,
+                   inplace: bool) -> Interval:
+    # the adjoint of the convolution (a transposed convolution) by the weight interval
+    adjoint = _conv_transpose(cast(nn.Conv2d, module), mid, ctx[0])
+    return bilinear(adjoint, mid, rad, ctx[1], gamma, weight_abs=ctx[2])
+
+
+@_forward_rule(nn.ReLU)
+def _relu_forward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, inplace: bool,
+                  record: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    if inplace and not record:
+        return (*_relu_inplace(mid, rad), ())
+    # ReLU is monotone: the image of [l, u] is [relu(l), relu(u)]; relu(l) > 0 iff l > 0, so the relu'd
+    # endpoints also give the derivative interval [1(l > 0), 1(u > 0)] for the backward pass
+    lower, upper = endpoints(mid, rad, inplace=inplace)
+    lower, upper = lower.relu_(), upper.relu_()
+    return (*midrad(lower, upper), (lower, upper))  # ctx keeps lower and upper intact
+
+
+@_backward_rule(nn.ReLU)
+def _relu_backward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple,
+                   inplace: bool) -> Interval:
+    # elementwise product with the derivative interval by the four-product rule, at every hidden ReLU. ctx holds
+    # relu(l), relu(u) >= 0, so sign() is the float mask [1(l > 0), 1(u > 0)] in one pass (strict inequalities:
+    # relu'(0) = 0 in autograd)
+    masks = [c.sign_() if inplace else c.detach().sign() for c in ctx]
+    product = mul_mask_interval(*endpoints(mid, rad, inplace=inplace), *masks, inplace=inplace)
+    return midrad(*product, inplace=inplace)
+
+
+@_forward_rule(nn.Flatten)
+def _flatten_forward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, inplace: bool,
+                     record: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    flat = cast(nn.Flatten, module)
+    return mid.flatten(flat.start_dim, flat.end_dim), rad.flatten(flat.start_dim, flat.end_dim), (mid,)
+
+
+@_backward_rule(nn.Flatten)
+def _flatten_backward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple,
+                      inplace: bool) -> Interval:
+    return mid.reshape(ctx[0].shape), rad.reshape(ctx[0].shape)
+
+
+@_forward_rule(nn.AvgPool2d)
+def _avgpool_forward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, inplace: bool,
+                     record: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    # linear with non-negative weights: maps the midpoint and the radius separately
+    return module(mid), module(rad), (mid,)
+
+
+@_backward_rule(nn.AvgPool2d)
+def _avgpool_backward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple,
+                      inplace: bool) -> Interval:
+    pool = cast(nn.AvgPool2d, module)
+    args = (ctx[0], _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding), pool.ceil_mode,
+            pool.count_include_pad, pool.divisor_override)
+
+    def adjoint(v: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.avg_pool2d_backward(v, *args)
+
+    return adjoint(mid), adjoint(rad)  # non-negative weights: the radius maps by the same adjoint
+
+
+@_forward_rule(Normalize)
+def _normalize_forward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, inplace: bool,
+                       record: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    norm = cast(Normalize, module)
+    std = norm.std  # kept for the backward rule, like the weights above
+    per = _per_channel(std, mid)
+    return (mid - _per_channel(norm.mean, mid)) / per, rad / per, (std,)
+
+
+@_backward_rule(Normalize)
+def _normalize_backward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple,
+                        inplace: bool) -> Interval:
+    std = _per_channel(ctx[0], mid)  # the std the forward rule used
+    return mid / std, rad / std
+
+
+@_forward_rule(*_BATCHNORM)
+def _batchnorm_forward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, inplace: bool,
+                       record: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     scale, shift = _channel_affine(module)
     return (mid * _per_channel(scale, mid) + _per_channel(shift, mid), rad * _per_channel(scale.abs(), rad),
             (scale,))
+
+
+@_backward_rule(*_BATCHNORM)
+def _batchnorm_backward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple,
+                        inplace: bool) -> Interval:
+    scale = ctx[0]  # the per-channel scale the forward rule used
+    return mid * _per_channel(scale, mid), rad * _per_channel(scale.abs(), rad)
 
 
 class _Store(dict):
@@ -207,10 +365,11 @@ def _weight_abs(weight: torch.Tensor, *, scratch: bool) -> torch.Tensor:
     longer than both products of the layer's bound (other devices have caching allocators). A buffer is
     dropped with its weight.
     """
-    if not scratch or weight.device.type != "cpu":
+    if not scratch or not weight.is_cpu:
         return weight.abs()
-    store = _SCRATCH.__dict__.get("store")
-    if store is None:
+    try:
+        store = _SCRATCH.store
+    except AttributeError:
         store = _SCRATCH.store = _Store()
     key = id(weight)
     entry = store.get(key)
@@ -245,43 +404,6 @@ def _relu_inplace(mid: torch.Tensor, rad: torch.Tensor) -> Interval:
     return out_mid, half.lerp_(out_mid, -1.0)  # h + (-1)(m' - h) = 2h - m'
 
 
-def backward_rule(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor, gamma: float, ctx: tuple, *,
-                  inplace: bool = False) -> Interval:
-    """Enclose v^T J_module(x) for v in [mid ± rad], x in the forward interval (parameters in the gamma box).
-
-    Linear and Conv2d: multiply by the transposed weight interval (transposed convolution for Conv2d), a full
-    interval product when gamma > 0. ReLU: multiply elementwise by the derivative interval [1(l > 0), 1(u > 0)]
-    of its input interval [l, u] by the four-product rule, at every hidden ReLU. AvgPool2d: its adjoint.
-    Normalize and BatchNorm: the per-channel scale. Flatten: reshape back. `ctx` comes from `forward_rule`;
-    `inplace` lets the rule overwrite mid, rad and ctx (only without autograd; each ctx is used once).
-    """
-    if isinstance(module, nn.Linear):
-        return bilinear(torch.matmul, mid, rad, ctx[1], gamma, weight_abs=ctx[2])
-    if isinstance(module, nn.Conv2d):
-        return bilinear(_conv_transpose(module, mid, ctx[0]), mid, rad, ctx[1], gamma, weight_abs=ctx[2])
-    if isinstance(module, nn.ReLU):
-        # ctx holds relu(l), relu(u) >= 0, so sign() is the float mask [1(l > 0), 1(u > 0)] in one pass (strict
-        # inequalities: relu'(0) = 0 in autograd)
-        masks = [c.sign_() if inplace else c.detach().sign() for c in ctx]
-        product = mul_mask_interval(*endpoints(mid, rad, inplace=inplace), *masks, inplace=inplace)
-        return midrad(*product, inplace=inplace)
-    if isinstance(module, nn.AvgPool2d):
-        args = (ctx[0], _pair(module.kernel_size), _pair(module.stride), _pair(module.padding), module.ceil_mode,
-                module.count_include_pad, module.divisor_override)
-
-        def adjoint(v: torch.Tensor) -> torch.Tensor:
-            return torch.ops.aten.avg_pool2d_backward(v, *args)
-
-        return adjoint(mid), adjoint(rad)  # non-negative weights: the radius maps by the same adjoint
-    if isinstance(module, nn.Flatten):
-        return mid.reshape(ctx[0].shape), rad.reshape(ctx[0].shape)
-    if isinstance(module, Normalize):
-        std = _per_channel(ctx[0], mid)  # the std the forward rule used
-        return mid / std, rad / std
-    scale = ctx[0]  # BatchNorm: the per-channel scale the forward rule used
-    return mid * _per_channel(scale, mid), rad * _per_channel(scale.abs(), rad)
-
-
 def _conv(conv: nn.Conv2d):
     return functools.partial(F.conv2d, stride=conv.stride, padding=_conv_padding(conv), dilation=conv.dilation,
                              groups=conv.groups)
@@ -309,7 +431,7 @@ def propagate(layers: list[tuple[str, nn.Module]], mid: torch.Tensor, rad: torch
     trace: list[tuple] = []
     inplace = not torch.is_grad_enabled()
     for _, module in layers:
-        mid, rad, ctx = forward_rule(module, mid, rad, gamma, inplace=inplace, record=record)
+        mid, rad, ctx = _LAYER_RULES[type(module)][0](module, mid, rad, gamma, inplace, record)
         if record:
             trace.append(ctx)
     return mid, rad, trace
@@ -324,5 +446,5 @@ def backpropagate(layers: list[tuple[str, nn.Module]], trace: list[tuple], mid: 
     """
     inplace = not torch.is_grad_enabled()
     for (_, module), ctx in zip(reversed(layers), reversed(trace), strict=True):
-        mid, rad = backward_rule(module, mid, rad, gamma, ctx, inplace=inplace)
+        mid, rad = _LAYER_RULES[type(module)][1](module, mid, rad, gamma, ctx, inplace)
     return mid, rad
