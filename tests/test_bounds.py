@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections import OrderedDict
 
 import pytest
@@ -443,9 +444,11 @@ def test_layers_with_forward_hooks_are_refused():
     bounds.interval_forward(model, torch.zeros(1, 4), torch.ones(1, 4))
 
 
-def test_global_module_hooks_are_refused():
+@pytest.mark.parametrize("register", [torch.nn.modules.module.register_module_forward_hook,
+                                      torch.nn.modules.module.register_module_forward_pre_hook])
+def test_global_module_hooks_are_refused(register):
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    handle = torch.nn.modules.module.register_module_forward_hook(lambda _m, _args, out: out * 2)
+    handle = register(lambda _m, *args: None)
     try:
         with pytest.raises(ConfigError, match=r"1 global module hook\(s\)"):
             bounds.interval_forward(model, torch.zeros(1, 4), torch.ones(1, 4))
@@ -456,29 +459,74 @@ def test_global_module_hooks_are_refused():
 
 def test_every_supported_layer_class_has_both_rules_and_is_named_in_the_errors():
     assert set(rules._FORWARD) == set(rules._BACKWARD)
-    for cls in rules._FORWARD:
-        assert cls.__name__.rstrip("12d") in rules.SUPPORTED_NAMES, cls
+    named = set(re.findall(r"\w+", rules.SUPPORTED_NAMES))
+    assert {cls.__name__ for cls in (*rules._FORWARD, *rules._IDENTITY)} <= named
 
 
 class _WideLinear(nn.Linear):
-    """A subclass that keeps Linear's forward: bounded by Linear's rules."""
+    """Keeps Linear's forward, and still is not Linear: refused like any subclass."""
 
 
-class _DoubledLinear(nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 2 * super().forward(x)
+class _MaskedLinear(nn.Linear):
+    """Linear.forward reads self.weight, which this property masks: the raw parameter is not the weight used."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        raw = self._parameters.get("weight")
+        if raw is None:  # during Linear.__init__, before the parameter is registered
+            raise AttributeError("weight")
+        mask = self.__dict__.get("mask")
+        return raw if mask is None else raw * mask
 
 
-def test_subclasses_use_their_base_rules_unless_they_override_forward():
-    torch.manual_seed(5)
-    model = nn.Sequential(_WideLinear(5, 6), nn.ReLU(), _WideLinear(6, 3))
+class _DoubledConv(nn.Conv2d):
+    """Keeps Conv2d.forward but changes the method it calls."""
+
+    def _conv_forward(self, x, weight, bias):
+        return 2 * super()._conv_forward(x, weight, bias)
+
+
+class _ReversedSequential(nn.Sequential):
+    """Keeps Sequential.forward but changes the order it runs its layers in."""
+
+    def __iter__(self):
+        return reversed(list(self._modules.values()))
+
+
+def test_subclasses_of_supported_layers_are_refused_even_when_they_keep_forward():
+    x = torch.rand(2, 4)
+    masked = _MaskedLinear(4, 4)
+    masked.mask = torch.zeros(4, 4)
+    cases = [nn.Sequential(_WideLinear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
+             nn.Sequential(masked, nn.ReLU(), nn.Linear(4, 2)),
+             _ReversedSequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))]
+    for model, where in zip(cases, ["_WideLinear at 0", "_MaskedLinear at 0", "_ReversedSequential at the model"],
+                            strict=True):
+        with pytest.raises(ConfigError, match=rf"{where}.* \(a subclass: .*; supported layers: Linear"):
+            bounds.interval_forward(model, x, x)
+    conv = nn.Sequential(_DoubledConv(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(ConfigError, match=r"_DoubledConv at 0 \(a subclass"):
+        bounds.gradient_bounds(conv, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))
+
+
+class _Scaled(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return 1.5 * w
+
+
+def test_parametrized_layers_are_bounded_as_the_network_they_compute():
+    # parametrize swaps in a class made per module; it stands for its base (BatchNorm's scale through
+    # _channel_affine too), and those classes are not cached
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    for layer, name in ((model[0], "weight"), (model[0], "bias"), (model[1], "weight"), (model[3], "weight")):
+        torch.nn.utils.parametrize.register_parametrization(layer, name, _Scaled())
     x, y = torch.rand(4, 5), torch.tensor([0, 1, 2, 0])
-    lo, hi = bounds.interval_forward(model, x, x)
-    torch.testing.assert_close((lo, hi), (model(x).detach(),) * 2)
-    g_lo, g_hi = bounds.gradient_bounds(model, x, y, eps=0.0)
-    torch.testing.assert_close((g_lo, g_hi), (true_gradient(model, x, y),) * 2)
-    with pytest.raises(ConfigError, match=r"_DoubledLinear at 1; supported layers"):
-        bounds.interval_forward(nn.Sequential(nn.Linear(5, 5), _DoubledLinear(5, 2)), x, x)
+    torch.testing.assert_close(bounds.interval_forward(model, x, x), (model(x).detach(),) * 2)
+    torch.testing.assert_close(bounds.gradient_bounds(model, x, y, eps=0.0), (true_gradient(model, x, y),) * 2)
+    assert not any(rules._parametrized_base(cls) for cls in rules._ROLES)
 
 
 class _Counted(nn.Module):

@@ -14,8 +14,12 @@ the identity and BatchNorm uses its running statistics (a fixed per-channel affi
 is treated as a fixed affine map (its running statistics are not learnt by gradient, and its affine weights
 are commonly folded into the next layer). A parametrized tensor (torch.nn.utils.parametrize, e.g. weight_norm or
 spectral_norm) is evaluated once per use of its layer in a bound call, and the forward and backward rules use
-that one value; certificates that combine several bound calls run them under `parametrize.cached()`. Anything
-else is refused with an error naming the layer, since a bound that silently ignored a layer would be unsound.
+that one value; certificates that combine several bound calls run them under `parametrize.cached()`. A layer is
+bounded only if its class is exactly a supported one (or parametrize's class made from one): a subclass can
+change what the layer computes through any method its forward calls. Anything else, and any forward hook, is
+refused with an error naming the layer, since a bound that silently ignored a layer would be unsound. Backward
+hooks are not refused and not followed: the gradient bounds enclose the network's derivative, which is what
+autograd computes without them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 from torch.nn.modules import module as _module_mod
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
+from torch.nn.utils import parametrize
 
 from clearsight.bounds.interval import Interval, bilinear, endpoints, midrad, mul_mask_interval
 from clearsight.errors import ConfigError
@@ -42,20 +47,22 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
              nn.FeatureAlphaDropout)
 _TOP = "the model's top level"  # where a layer that is the whole model is
-SUPPORTED_NAMES = "Linear, Conv2d, ReLU, Flatten, AvgPool2d, Normalize, BatchNorm1d/2d (eval), Dropout, Identity"
 
 
 def bound_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The leaf layers of `model` in execution order, as (dotted name, module); identity layers are dropped.
 
     Raises:
-        ConfigError: a layer has no sound interval rule (MaxPool, unknown layers, containers with their own
-            forward such as residual blocks, or unsupported options); the message names the layer.
+        ConfigError: a layer has no sound interval rule (MaxPool, unknown layers, subclasses of supported
+            layers, containers with their own forward such as residual blocks, or unsupported options), or it
+            or every module has forward hooks (global module hooks, e.g. inside torch's FlopCounterMode); the
+            message names the layer.
     """
-    if _module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks:
-        # hooks registered for every module (nn.modules.module.register_module_forward_hook) apply to the model
-        # as much as its own hooks do
-        count = len(_module_mod._global_forward_hooks) + len(_module_mod._global_forward_pre_hooks)
+    # hooks registered for every module (nn.modules.module.register_module_forward_hook; also what
+    # torch.utils.flop_counter and ModuleTracker install) apply to the model as much as its own hooks do
+    count = len(getattr(_module_mod, "_global_forward_hooks", ())) + \
+        len(getattr(_module_mod, "_global_forward_pre_hooks", ()))
+    if count:
         raise ConfigError(f"interval bounds cannot follow forward hooks, but {count} global module hook(s) are "
                           "registered (torch.nn.modules.module.register_module_forward_hook or "
                           "register_module_forward_pre_hook); remove them")
@@ -88,8 +95,14 @@ def _visit(module: nn.Module, name: str, out: list[tuple[str, nn.Module]]) -> No
         raise ConfigError(f"interval bounds do not support {_where(module, name)}; build small-cnn with "
                           "pool='avg' (average pooling has a sound interval rule)")
     elif role is None:
-        detail = (" (a container with its own forward, e.g. a residual block: bounds follow only plain "
-                  "nn.Sequential models)" if next(module.children(), None) is not None else "")
+        if issubclass(type(module), (*_FORWARD, nn.Sequential, *_IDENTITY)):
+            detail = (" (a subclass: it may compute something other than its base; bounds follow the torch "
+                      "classes themselves)")
+        elif next(module.children(), None) is not None:
+            detail = (" (a container with its own forward, e.g. a residual block: bounds follow only plain "
+                      "nn.Sequential models)")
+        else:
+            detail = ""
         raise ConfigError(f"interval bounds do not support {_where(module, name)}{detail}; supported layers: "
                           f"{SUPPORTED_NAMES}")
     # role "identity": nothing to bound
@@ -112,36 +125,51 @@ def _check_options(module: nn.Module, name: str) -> None:
                           "(track_running_stats=True): the bounds describe the eval-mode network")
 
 
-_ROLES: dict[type, str | None] = {}
-# a bounded layer's class -> the (forward, backward) rules of the supported class it is, filled by `_role`
-_LAYER_RULES: dict[type, tuple[ForwardRule, BackwardRule]] = {}
+_ROLES: dict[type, str | None] = {}  # classes the program defines; never parametrize's per-module classes
 
 
 def _role(cls: type[nn.Module]) -> str | None:
     """What the walk does with a module class: "sequential" (descend), "identity" (drop), "maxpool" (refuse),
-    "layer" (bound it, by the rules `_LAYER_RULES` holds for it) or None (unsupported). It depends only on the
-    class, so it is cached per class: the walk runs on every bound call.
+    "layer" (bound it by its registered rules) or None (unsupported).
+
+    Only the torch classes themselves are accepted, and a parametrized module's class stands for the class it
+    was made from. A subclass is refused even if it keeps forward: it can change what the layer computes
+    through any method forward calls (Conv2d._conv_forward, Sequential.__iter__, a `weight` property, ...).
+    The role depends only on the class, so it is cached per class: the walk runs on every bound call.
     """
-    if cls not in _ROLES:
-        role = _classify(cls)
-        if isinstance(role, type):
-            _LAYER_RULES[cls] = (_FORWARD[role], _BACKWARD[role])
-            role = "layer"
-        _ROLES[cls] = role
-    return _ROLES[cls]
+    role = _ROLES.get(cls, "")
+    if role != "":
+        return role
+    base = _parametrized_base(cls)
+    if base is not None:
+        return _role(base)  # not cached: parametrize makes a class per module
+    role = _ROLES[cls] = _classify(cls)
+    return role
 
 
-def _classify(cls: type[nn.Module]) -> str | type[nn.Module] | None:
-    """The role of `cls`, or for a bounded layer the supported class whose rules it uses."""
-    if issubclass(cls, nn.Sequential) and cls.forward is nn.Sequential.forward:
+def _classify(cls: type[nn.Module]) -> str | None:
+    if cls is nn.Sequential:
         return "sequential"
-    if any(issubclass(cls, base) and cls.forward is base.forward for base in _IDENTITY):
+    if cls in _IDENTITY:
         return "identity"
     if issubclass(cls, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d | nn.AdaptiveMaxPool2d):
         return "maxpool"
-    # a subclass that overrides forward computes something else: refuse it rather than bound the base class
-    base = next((b for b in _FORWARD if issubclass(cls, b)), None)  # the classes with registered rules
-    return base if base is not None and cls.forward is base.forward else None
+    return "layer" if cls in _FORWARD else None
+
+
+def _parametrized_base(cls: type) -> type | None:
+    """The class that torch.nn.utils.parametrize made `cls` from, if it made it, else None.
+
+    Such a class has one base and adds nothing but parametrize's own members (the parametrized tensors'
+    properties, __getstate__, __deepcopy__): it computes what its base computes with the parametrized tensors.
+    """
+    if len(cls.__bases__) != 1 or cls.__module__ != parametrize.__name__:
+        return None
+    for key, value in vars(cls).items():
+        member = value.fget if isinstance(value, property) else value
+        if key not in ("__module__", "__doc__") and getattr(member, "__module__", None) != parametrize.__name__:
+            return None
+    return cls.__bases__[0]
 
 
 def _conv_padding(conv: nn.Conv2d, where: str = "") -> tuple[int, int]:
@@ -179,8 +207,9 @@ ForwardRule = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, bool, bool
                       tuple[torch.Tensor, torch.Tensor, tuple]]
 BackwardRule = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, tuple, bool], Interval]
 
-# the two interval rules of each supported layer class, registered below. A rule table rather than an isinstance
-# chain: the walk runs on every bound call and a small MLP's bound is short enough that Python dispatch shows
+# the two interval rules of each supported layer class, registered below. A table rather than an isinstance
+# chain: the rules are looked up per layer in every bound call, and a small MLP's bound is short enough that
+# Python dispatch shows
 _FORWARD: dict[type[nn.Module], ForwardRule] = {}
 _BACKWARD: dict[type[nn.Module], BackwardRule] = {}
 
@@ -216,9 +245,9 @@ def _backward_rule(*classes: type[nn.Module]) -> Callable[[BackwardRule], Backwa
 def _param(module: nn.Module, name: str) -> torch.Tensor | None:
     """module.<name> for a parameter, read from `_parameters` when it is there.
 
-    The same tensor as the attribute (a class attribute such as a parametrization's property takes the
-    parameter out of `_parameters`), without nn.Module.__getattr__'s fallback search, which costs a
-    microsecond per read on this path.
+    The same tensor as the attribute for the classes the walk accepts: the torch classes define no class
+    attribute of a parameter's name, and parametrize, which adds a property, takes the parameter out of
+    `_parameters`. It skips nn.Module.__getattr__'s fallback search, which costs a microsecond per read here.
     """
     params = module._parameters
     return params[name] if name in params else getattr(module, name)
@@ -349,6 +378,11 @@ def _batchnorm_backward(module: nn.Module, mid: torch.Tensor, rad: torch.Tensor,
     return mid * _per_channel(scale, mid), rad * _per_channel(scale.abs(), rad)
 
 
+# for error messages; the identity layers and BatchNorm's mode noted
+SUPPORTED_NAMES = ", ".join(cls.__name__ for cls in _FORWARD) + " (BatchNorm in eval mode), " + \
+    ", ".join(cls.__name__ for cls in _IDENTITY) + " (identity in eval mode)"
+
+
 class _Store(dict):
     """id(weight) -> (weakref to the weight, buffer like it); a dict subclass so callbacks can hold a weakref."""
 
@@ -431,7 +465,10 @@ def propagate(layers: list[tuple[str, nn.Module]], mid: torch.Tensor, rad: torch
     trace: list[tuple] = []
     inplace = not torch.is_grad_enabled()
     for _, module in layers:
-        mid, rad, ctx = _LAYER_RULES[type(module)][0](module, mid, rad, gamma, inplace, record)
+        cls = type(module)
+        # a parametrized module's class (checked by the walk) has the supported class as its one base
+        rule = _FORWARD.get(cls) or _FORWARD[cls.__bases__[0]]
+        mid, rad, ctx = rule(module, mid, rad, gamma, inplace, record)
         if record:
             trace.append(ctx)
     return mid, rad, trace
@@ -446,5 +483,7 @@ def backpropagate(layers: list[tuple[str, nn.Module]], trace: list[tuple], mid: 
     """
     inplace = not torch.is_grad_enabled()
     for (_, module), ctx in zip(reversed(layers), reversed(trace), strict=True):
-        mid, rad = _LAYER_RULES[type(module)][1](module, mid, rad, gamma, ctx, inplace)
+        cls = type(module)
+        rule = _BACKWARD.get(cls) or _BACKWARD[cls.__bases__[0]]  # as in `propagate`
+        mid, rad = rule(module, mid, rad, gamma, ctx, inplace)
     return mid, rad
