@@ -137,9 +137,8 @@ def _role(cls: type[nn.Module]) -> str | None:
     through any method forward calls (Conv2d._conv_forward, Sequential.__iter__, a `weight` property, ...).
     The role depends only on the class, so it is cached per class: the walk runs on every bound call.
     """
-    role = _ROLES.get(cls, "")
-    if role != "":
-        return role
+    if cls in _ROLES:
+        return _ROLES[cls]
     base = _parametrized_base(cls)
     if base is not None:
         return _role(base)  # not cached: parametrize makes a class per module
@@ -455,6 +454,13 @@ def _conv_transpose(conv: nn.Conv2d, out: torch.Tensor, inp: torch.Tensor):
                              groups=conv.groups, dilation=dilation)
 
 
+def _rule_class(module: nn.Module) -> type:
+    """The supported class whose rules bound `module`, a layer the walk accepted: its class, or for a
+    parametrized module the one base of parametrize's class."""
+    cls = type(module)
+    return cls if cls in _FORWARD else cls.__bases__[0]
+
+
 def propagate(layers: list[tuple[str, nn.Module]], mid: torch.Tensor, rad: torch.Tensor, gamma: float, *,
               record: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
     """Forward interval walk over `layers`; with `record`, every layer's ctx for `backpropagate`.
@@ -465,10 +471,7 @@ def propagate(layers: list[tuple[str, nn.Module]], mid: torch.Tensor, rad: torch
     trace: list[tuple] = []
     inplace = not torch.is_grad_enabled()
     for _, module in layers:
-        cls = type(module)
-        # a parametrized module's class (checked by the walk) has the supported class as its one base
-        rule = _FORWARD.get(cls) or _FORWARD[cls.__bases__[0]]
-        mid, rad, ctx = rule(module, mid, rad, gamma, inplace, record)
+        mid, rad, ctx = _FORWARD[_rule_class(module)](module, mid, rad, gamma, inplace, record)
         if record:
             trace.append(ctx)
     return mid, rad, trace
@@ -483,7 +486,5 @@ def backpropagate(layers: list[tuple[str, nn.Module]], trace: list[tuple], mid: 
     """
     inplace = not torch.is_grad_enabled()
     for (_, module), ctx in zip(reversed(layers), reversed(trace), strict=True):
-        cls = type(module)
-        rule = _BACKWARD.get(cls) or _BACKWARD[cls.__bases__[0]]  # as in `propagate`
-        mid, rad = rule(module, mid, rad, gamma, ctx, inplace)
+        mid, rad = _BACKWARD[_rule_class(module)](module, mid, rad, gamma, ctx, inplace)
     return mid, rad
