@@ -775,10 +775,10 @@ def test_topk_certificate_is_sound_by_sampling_and_monotone_in_eps():
     assert int(previous.sum()) < 64
 
 
-def test_certify_rows_on_a_tabular_dataset(shared_data):
+def test_certify_rows_on_a_tabular_dataset():
     import clearsight as cs
 
-    test = cs.data.load("german-credit", "test", root=shared_data)
+    test = cs.data.load("german-credit", "test")
     model = build("mlp", num_classes=2, input_shape=test.input_shape, widths=[32])
     rows = bounds.certify(model, test, eps=0.01, topk=5, sensitive="sex,age", delta=1.0, device="cpu")
     by = {r["metric"]: r for r in rows}
@@ -795,12 +795,12 @@ def test_certify_rows_on_a_tabular_dataset(shared_data):
         bounds.certify(model, test, eps=0.01, topk=5)
 
 
-def test_certify_rows_are_the_means_of_the_registered_certified_metrics(shared_data):
+def test_certify_rows_are_the_means_of_the_registered_certified_metrics():
     """certify (one gradient bound shared by its certificates) and the per-sample metrics of the registry agree
     row by row, direction included."""
     import clearsight as cs
 
-    test = cs.data.load("german-credit", "test", root=shared_data)
+    test = cs.data.load("german-credit", "test")
     torch.manual_seed(6)
     model = build("mlp", num_classes=2, input_shape=test.input_shape, widths=[32])
     rows = bounds.certify(model, test, eps=0.02, gamma=0.01, topk=5, sensitive="sex", delta=0.5, device="cpu",

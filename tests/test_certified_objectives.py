@@ -162,9 +162,9 @@ def _accuracy(model, ds) -> float:
     return float((cs.predict(model, ds.x, device="cpu").argmax(1) == ds.y).float().mean())
 
 
-def _topk_effect(name, shared_data, *, epochs, n_train, eps, k, sensitive):
-    train = cs.data.load(name, "train", root=shared_data)
-    test = cs.data.load(name, "test", root=shared_data)
+def _topk_effect(name, *, epochs, n_train, eps, k, sensitive):
+    train = cs.data.load(name, "train")
+    test = cs.data.load(name, "test")
     if n_train:
         train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_train])
     models = _train_pair(train, epochs=epochs, lr=5e-4, alpha=0.5, eps=0.1)
@@ -179,19 +179,19 @@ def _topk_effect(name, shared_data, *, epochs, n_train, eps, k, sensitive):
     assert cert_acc >= std_acc - 0.03, result
 
 
-def test_german_credit_topk_certificate_effect(shared_data):
+def test_german_credit_topk_certificate_effect():
     """Authors' settings (2x256 MLP, Adam lr 5e-4, 25 epochs); sensitive: sex and age."""
-    _topk_effect("german-credit", shared_data, epochs=25, n_train=0, eps=0.02, k=5, sensitive="sex,age")
+    _topk_effect("german-credit", epochs=25, n_train=0, eps=0.02, k=5, sensitive="sex,age")
 
 
-def test_adult_topk_certificate_effect_short(shared_data):
+def test_adult_topk_certificate_effect_short():
     """A shorter run (6,000 training rows, 6 epochs) of the slow test below; sensitive: sex and race."""
-    _topk_effect("adult", shared_data, epochs=6, n_train=6000, eps=0.02, k=3, sensitive="sex,race")
+    _topk_effect("adult", epochs=6, n_train=6000, eps=0.02, k=3, sensitive="sex,race")
 
 
 @pytest.mark.slow
-def test_adult_topk_certificate_effect_authors_settings(shared_data):
-    _topk_effect("adult", shared_data, epochs=25, n_train=0, eps=0.02, k=3, sensitive="sex,race")
+def test_adult_topk_certificate_effect_authors_settings():
+    _topk_effect("adult", epochs=25, n_train=0, eps=0.02, k=3, sensitive="sex,race")
 
 
 def _delta_effect(epochs):

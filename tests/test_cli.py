@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,23 +94,34 @@ def test_usage_errors_come_from_argparse():
 
 @pytest.fixture(scope="module")
 def credit_run(tmp_path_factory) -> Path:
-    """A small german-credit mlp trained from the command line on the real UCI file."""
-    from conftest import SHARED
-
+    """A small german-credit mlp trained from the command line on the real (embedded) UCI file."""
     out = tmp_path_factory.mktemp("runs") / "credit"
     code = main(["train", "--dataset", "german-credit", "--model", "mlp", "--epochs", "3", "--out", str(out),
-                 "--set", f"data.root={SHARED}", "--set", "model.widths=[32,32]", "--set", "train.optimizer=adam",
+                 "--set", "model.widths=[32,32]", "--set", "train.optimizer=adam",
                  "--set", "train.lr=0.005", "--set", "train.progress=none"])
     assert code == 0
     return out
 
 
-def test_resuming_a_finished_run_adds_no_duplicate_row(tmp_path):
-    from conftest import SHARED
+def test_certified_explanation_on_german_credit_needs_no_data_root(tmp_path):
+    """Issue 11's acceptance command, in a process that has no data folder and no data environment variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARSIGHT")}
+    env["HOME"] = str(tmp_path / "home")  # the default root ~/.cache/clearsight does not exist
+    out = tmp_path / "credit"
+    proc = subprocess.run([*CLI, "train", "--dataset", "german-credit", "--model", "mlp", "--objective",
+                           "certified-explanation", "--epochs", "1", "--set", "train.progress=none", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "home").exists()  # nothing was downloaded or cached
+    config = io.read_yaml(out / "config.yaml")
+    assert config["data"]["name"] == "german-credit" and config["objective"]["name"] == "certified-explanation"
+    assert [r["metric"] for r in io.read_jsonl(out / "results.jsonl")] == ["accuracy"]
 
+
+def test_resuming_a_finished_run_adds_no_duplicate_row(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--dataset", "german-credit", "--model", "mlp", "--epochs", "1", "--out", str(out), "--set",
-            f"data.root={SHARED}", "--set", "model.widths=[8]", "--set", "train.progress=none"]
+            "model.widths=[8]", "--set", "train.progress=none"]
     assert main(args) == 0
     rows = io.read_jsonl(out / "results.jsonl")
     assert main([*args, "--resume"]) == 0  # nothing left to train: the same weights, the same row

@@ -322,6 +322,7 @@ def test_ensure_file_present_missing_and_no_checksum(tmp_path):
     assert ensure_file(path, _md5(b"abd"), [], download_ok=False, how="", verify_present=False) == path
 
 
+@pytest.mark.shared_data
 def test_load_mnist_download_end_to_end(server, tmp_path, shared_data, monkeypatch):
     for name in T10K:
         server.routes[f"/mirror2/{name}"] = (shared_data / "mnist" / name).read_bytes()
@@ -342,6 +343,7 @@ def test_load_mnist_download_end_to_end(server, tmp_path, shared_data, monkeypat
     assert len(server.requests) == 4 and torch.equal(again.x, ds.x)
 
 
+@pytest.mark.shared_data
 def test_load_mnist_download_refuses_wrong_content(server, tmp_path, shared_data, monkeypatch):
     for name in T10K:  # the two files swapped: each has the other's checksum
         other = T10K[1 - T10K.index(name)]
@@ -354,23 +356,28 @@ def test_load_mnist_download_refuses_wrong_content(server, tmp_path, shared_data
     assert list((root / "mnist").iterdir()) == []
 
 
-def test_load_german_credit_download_verifies_the_uci_file(server, tmp_path, shared_data, monkeypatch):
-    shared = (shared_data / "german-credit" / "german.data").read_bytes()
-    # the UCI original codes bad risk as 2; the shared copy codes it as 0 (and is not what UCI serves)
-    uci = b"\n".join(line[:-2] + b" 2" if line.endswith(b" 0") else line for line in shared.split(b"\n"))
-    assert _md5(uci) == UCI_GERMAN_MD5 and _md5(shared) != UCI_GERMAN_MD5
+def test_load_german_credit_download_verifies_the_uci_file(server, tmp_path, monkeypatch):
+    uci = gzip.decompress((tabular.EMBEDDED_DIR / "german.data.gz").read_bytes())
+    # a copy that codes bad risk as 0 (as some mirrors do) parses to the same data but is not what UCI serves
+    recoded = b"\n".join(line[:-2] + b" 0" if line.endswith(b" 2") else line for line in uci.split(b"\n"))
+    assert _md5(uci) == UCI_GERMAN_MD5 and _md5(recoded) != UCI_GERMAN_MD5
     monkeypatch.setattr(tabular, "UCI", server.url + "/ml/")
-    server.routes["/ml/statlog/german/german.data"] = shared
-    with pytest.raises(DataError, match="german.data"):  # a copy with another checksum is not accepted
+    server.routes["/ml/statlog/german/german.data"] = recoded
+    with pytest.raises(DataError, match="german.data"):  # a download with another checksum is not accepted
         cs.data.load("german-credit", split="train", root=tmp_path / "a", download=True)
     assert not (tmp_path / "a" / "german-credit" / "german.data").exists()
     server.routes["/ml/statlog/german/german.data"] = uci
     for split in ("train", "test"):
         got = cs.data.load("german-credit", split=split, root=tmp_path / "b", download=True)
-        ref = cs.data.load("german-credit", split=split, root=shared_data)
-        assert torch.equal(got.x, ref.x) and torch.equal(got.y, ref.y)  # same data from either label coding
+        ref = cs.data.load("german-credit", split=split)  # the embedded copy
+        assert torch.equal(got.x, ref.x) and torch.equal(got.y, ref.y)
     assert (tmp_path / "b" / "german-credit" / "german.data").read_bytes() == uci
     assert server.requests == ["/ml/statlog/german/german.data"] * 2  # the test split reused the file
+    # a present copy with the other label coding is read as it is (validated by parsing, not by checksum)
+    (tmp_path / "c" / "german-credit").mkdir(parents=True)
+    (tmp_path / "c" / "german-credit" / "german.data").write_bytes(recoded)
+    got = cs.data.load("german-credit", split="test", root=tmp_path / "c", download=True)
+    assert torch.equal(got.y, cs.data.load("german-credit", split="test").y) and len(server.requests) == 2
 
 
 # --------------------------------------------------------------------------------------------------------------

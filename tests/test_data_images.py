@@ -107,6 +107,7 @@ def test_mnist_mini_shapes_types_and_balance(mnist_mini_train, mnist_mini_test):
         assert torch.equal(x0, ds.x[7]) and int(y0) == int(ds.y[7])
 
 
+@pytest.mark.shared_data
 def test_mnist_mini_files_are_what_the_build_script_produces(tmp_path, shared_data):
     script = _build_script()
     md5s = script.build(shared_data / "mnist", tmp_path)
@@ -117,6 +118,7 @@ def test_mnist_mini_files_are_what_the_build_script_produces(tmp_path, shared_da
         assert md5 == images.MNIST_MINI_MD5[name] == _md5(embedded / name)
 
 
+@pytest.mark.shared_data
 def test_mnist_mini_test_split_is_the_first_200_per_class_of_t10k(mnist_mini_test, t10k):
     pixels, labels = t10k
     chosen, seen = [], Counter()
@@ -133,6 +135,7 @@ def test_mnist_mini_test_split_is_the_first_200_per_class_of_t10k(mnist_mini_tes
     assert bytes_back.tolist() == [list(pixels[i]) for i in chosen]
 
 
+@pytest.mark.shared_data
 def test_mnist_mini_train_split_is_train5k(mnist_mini_train, shared_data):
     mnist = shared_data / "mnist"
     _, pixels = slow_read_idx(mnist / "train5k-images-idx3-ubyte.gz")
@@ -265,6 +268,7 @@ def _copy_t10k(shared_data: Path, root: Path) -> None:
         shutil.copyfile(shared_data / "mnist" / name, root / "mnist" / name)
 
 
+@pytest.mark.shared_data
 def test_mnist_loader_reads_the_real_t10k_files(tmp_path, shared_data, t10k):
     _copy_t10k(shared_data, tmp_path)  # official names and official checksums: no patching
     ds = cs.data.load("mnist", split="test", root=tmp_path)
@@ -516,8 +520,13 @@ def test_decoy_mnist_invalid_source(tmp_path):
         assert repr(source) in str(err.value) and "'mnist-mini' or 'mnist'" in str(err.value)
 
 
-def test_decoy_mnist_from_full_mnist(tmp_path, shared_data, monkeypatch):
-    _copy_t10k(shared_data, tmp_path)
+@pytest.mark.parametrize("real", [False, pytest.param(True, marks=pytest.mark.shared_data)])
+def test_decoy_mnist_from_full_mnist(tmp_path, request, monkeypatch, real):
+    if real:  # the official t10k files
+        _copy_t10k(request.getfixturevalue("shared_data"), tmp_path)
+    else:  # files in the official format written here, their checksums patched in
+        write_idx_set(tmp_path / "mnist", n_train=3, n_test=200, seed=2)
+        _patch_md5(monkeypatch, "mnist", tmp_path / "mnist")
     base = cs.data.load("mnist", split="test", root=tmp_path)
     decoy = cs.data.load("decoy-mnist", split="test", root=tmp_path, source="mnist")
     _check_decoy(decoy, base)

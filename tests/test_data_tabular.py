@@ -1,8 +1,11 @@
 """Tabular datasets on the real UCI files: german-credit and adult, checked row by row against an independent
-parse and encoding of the original files."""
+parse and encoding of the original files (the embedded official copies; with the shared folder, also its
+copies)."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -11,8 +14,15 @@ import pytest
 import torch
 
 import clearsight as cs
+from clearsight.data import tabular
 from clearsight.errors import DataError
-from conftest import SHARED  # the folder behind the `shared_data` fixture, for the module-scoped fixtures
+
+# the official UCI checksums (of german.data with labels 1 good / 2 bad, and of adult.data)
+UCI_MD5 = {"german.data": "6b94c2e35480e671545e52a808a8a549", "adult.data": "5d7c39d7b8804f071cdd1f2a7c460872"}
+
+
+def embedded_text(fname: str) -> str:
+    return gzip.decompress((tabular.EMBEDDED_DIR / f"{fname}.gz").read_bytes()).decode()
 
 # attribute names in file order (german.doc); numeric attributes: 2, 5, 8, 11, 13, 16, 18
 GERMAN_ATTRS = ["checking_status", "duration", "credit_history", "purpose", "credit_amount", "savings",
@@ -67,17 +77,17 @@ def rows_by_bytes(matrix: np.ndarray) -> dict[bytes, list[int]]:
 
 @pytest.fixture(scope="module")
 def german_file() -> tuple[list[list[str]], list[int]]:
-    """(attribute rows, labels 0 = good / 1 = bad) of the shared german.data, whose last field is 1 good, 0 bad."""
-    lines = (SHARED / "german-credit" / "german.data").read_text().splitlines()
+    """(attribute rows, labels 0 = good / 1 = bad) of the embedded german.data, whose last field is 1 good, 2 bad."""
+    lines = embedded_text("german.data").splitlines()
     fields = [line.split(" ") for line in lines if line]
     assert len(fields) == 1000 and {len(f) for f in fields} == {21}
-    assert {f[-1] for f in fields} == {"0", "1"}
+    assert {f[-1] for f in fields} == {"1", "2"}
     return [f[:20] for f in fields], [0 if f[-1] == "1" else 1 for f in fields]
 
 
 @pytest.fixture(scope="module")
 def german():
-    return {(split, seed): cs.data.load("german-credit", split=split, root=SHARED, seed=seed)
+    return {(split, seed): cs.data.load("german-credit", split=split, seed=seed)
             for split in ("train", "test") for seed in (0, 1)}
 
 
@@ -148,24 +158,22 @@ def test_german_sensitive_groups(german, german_file):
     assert german["test", 0].sensitive == ds.sensitive
 
 
-def test_german_split_is_deterministic_and_seeded(german, shared_data):
-    again = cs.data.load("german-credit", split="test", root=shared_data)
+def test_german_split_is_deterministic_and_seeded(german):
+    again = cs.data.load("german-credit", split="test")
     assert torch.equal(again.x, german["test", 0].x) and torch.equal(again.y, german["test", 0].y)
     assert german["test", 1].x.shape == german["test", 0].x.shape
     assert not torch.equal(german["test", 1].x, german["test", 0].x)
-    half = cs.data.load("german-credit", split="test", root=shared_data, test_fraction=0.5)
-    assert len(half) == 500 and len(cs.data.load("german-credit", split="train", root=shared_data,
-                                                 test_fraction=0.5)) == 500
+    half = cs.data.load("german-credit", split="test", test_fraction=0.5)
+    assert len(half) == 500 and len(cs.data.load("german-credit", split="train", test_fraction=0.5)) == 500
     with pytest.raises(DataError, match=r"test_fraction must be in \(0, 1\)"):
-        cs.data.load("german-credit", split="test", root=shared_data, test_fraction=1.0)
+        cs.data.load("german-credit", split="test", test_fraction=1.0)
 
 
-def test_german_bad_files(tmp_path, shared_data):
-    with pytest.raises(DataError) as err:
-        cs.data.load("german-credit", split="train", root=tmp_path)
+def test_german_bad_files(tmp_path):
+    # an empty root is no error: the embedded copy is read
+    assert torch.equal(cs.data.load("german-credit", split="train", root=tmp_path).x, cs.data.load("german-credit").x)
     folder = tmp_path / "german-credit"
-    assert f"missing {folder / 'german.data'}" in str(err.value) and "download=True" in str(err.value)
-    lines = (shared_data / "german-credit" / "german.data").read_text().splitlines()
+    lines = embedded_text("german.data").splitlines()
     folder.mkdir()
     cases = {
         "A11 6 A34": r"row 3 has 3 fields, expected 21",
@@ -184,9 +192,9 @@ def test_german_bad_files(tmp_path, shared_data):
 
 @pytest.fixture(scope="module")
 def adult_file() -> tuple[list[list[str]], list[int]]:
-    """(attribute rows, labels 1 = >50K) of the shared adult.data, all 32,561 rows, parsed with str.split."""
+    """(attribute rows, labels 1 = >50K) of the embedded adult.data, all 32,561 rows, parsed with str.split."""
     rows, labels = [], []
-    for line in (SHARED / "adult" / "adult.data").read_text().splitlines():
+    for line in embedded_text("adult.data").splitlines():
         if not line.strip():
             continue
         fields = [v.strip() for v in line.split(",")]
@@ -198,7 +206,7 @@ def adult_file() -> tuple[list[list[str]], list[int]]:
 
 @pytest.fixture(scope="module")
 def adult():
-    return {(split, missing): cs.data.load("adult", split=split, root=SHARED, missing=missing)
+    return {(split, missing): cs.data.load("adult", split=split, missing=missing)
             for split in ("train", "test") for missing in ("drop", "category")}
 
 
@@ -274,7 +282,50 @@ def test_adult_missing_as_category(adult, adult_file):
         cs.data.load("adult", split="train", root=Path("/nonexistent"), missing="impute")
 
 
-def test_adult_missing_file(tmp_path):
+def test_adult_missing_file(tmp_path, monkeypatch):
+    # no copy in the root: the embedded file; asked to download, the missing copy is fetched, or the error says why
+    assert len(cs.data.load("adult", split="test", root=tmp_path)) == 6032
+    monkeypatch.setattr(tabular, "UCI", "http://127.0.0.1:9/")
     with pytest.raises(DataError) as err:
-        cs.data.load("adult", split="train", root=tmp_path)
-    assert f"missing {tmp_path / 'adult' / 'adult.data'}" in str(err.value) and "download=True" in str(err.value)
+        cs.data.load("adult", split="train", root=tmp_path, download=True)
+    assert "could not download adult.data" in str(err.value) and "127.0.0.1:9" in str(err.value)
+    assert list((tmp_path / "adult").iterdir()) == []  # no partial file left
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the embedded copies
+
+
+def test_embedded_files_are_the_official_uci_files():
+    for fname, md5 in UCI_MD5.items():
+        assert hashlib.md5(embedded_text(fname).encode()).hexdigest() == md5, fname
+    assert cs.data.DATASETS.meta("german-credit")["embedded"] and cs.data.DATASETS.meta("adult")["embedded"]
+
+
+def test_a_damaged_embedded_file_is_an_install_error(tmp_path, monkeypatch):
+    content = embedded_text("german.data").encode()
+    monkeypatch.setattr(tabular, "EMBEDDED_DIR", tmp_path)
+    empty = tmp_path / "empty-root"
+    with pytest.raises(DataError, match="german.data.gz is missing or damaged.*reinstall"):
+        cs.data.load("german-credit", root=empty)
+    (tmp_path / "german.data.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="missing or damaged"):
+        cs.data.load("german-credit", root=empty)
+    (tmp_path / "german.data.gz").write_bytes(gzip.compress(content[:-10]))
+    with pytest.raises(DataError, match=f"not the official {UCI_MD5['german.data']}.*reinstall"):
+        cs.data.load("german-credit", root=empty)
+    assert not empty.exists()  # nothing was written while failing
+
+
+@pytest.mark.shared_data
+def test_embedded_files_match_the_shared_copies(shared_data):
+    """adult byte for byte; german-credit up to the label coding of the shared copy (1 good, 0 bad)."""
+    assert embedded_text("adult.data").encode() == (shared_data / "adult" / "adult.data").read_bytes()
+    shared = (shared_data / "german-credit" / "german.data").read_text().splitlines()
+    embedded = embedded_text("german.data").splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in shared] == [line.rsplit(" ", 1)[0] for line in embedded]
+    assert [line[-1] for line in shared] == [{"1": "1", "2": "0"}[line[-1]] for line in embedded]
+    for split in ("train", "test"):
+        ref = cs.data.load("german-credit", split=split, root=shared_data)
+        got = cs.data.load("german-credit", split=split)
+        assert torch.equal(got.x, ref.x) and torch.equal(got.y, ref.y)

@@ -5,11 +5,19 @@ columns); numeric columns are min-max scaled to [0, 1] with the minimum and maxi
 values are clipped, so nothing about the test split leaks into training). The train/test split is a fixed
 seeded permutation. Feature names are kept ("age", "sex=Female", ...) and sensitive attributes are marked:
 `dataset.sensitive` maps each one to the indices of the features that encode it.
+
+Both official UCI files ship inside the package (uci/*.gz, CC BY 4.0, built by scripts/build_uci.py), so the
+sets load offline with no data root. A copy in ROOT/<name>/ takes precedence (for a copy with another label
+coding, say), and `download=True` fetches a missing one from the UCI repository, md5-verified.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
+import io
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +31,10 @@ from clearsight.data.registry import DATASETS
 from clearsight.errors import DataError
 
 UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/"
+EMBEDDED_DIR = Path(__file__).parent / "uci"
+# md5 of the official UCI files; the embedded copies decompress to exactly these bytes (checked on every load)
+GERMAN_MD5 = "6b94c2e35480e671545e52a808a8a549"
+ADULT_MD5 = "5d7c39d7b8804f071cdd1f2a7c460872"
 # Evaluation budgets on min-max scaled features: Wicker et al. certify explanations up to eps 0.1 [recon for attacks].
 TABULAR_EPS = {"linf": (0.01, 0.05, 0.1)}
 
@@ -96,21 +108,19 @@ GERMAN_COLUMNS = [Column(n, num) for n, num in [
     ("job", False), ("people_liable", True), ("telephone", False), ("foreign_worker", False)]]
 
 
-@DATASETS.register("german-credit", kind="tabular", num_classes=2, embedded=False, eps_grid=TABULAR_EPS,
-                   description="UCI Statlog German Credit (1,000 rows), ROOT/german-credit/german.data")
+@DATASETS.register("german-credit", kind="tabular", num_classes=2, embedded=True, eps_grid=TABULAR_EPS,
+                   description="UCI Statlog German Credit (1,000 rows), embedded (or ROOT/german-credit/german.data)")
 def german_credit(split: str, *, root: Path, download: bool = False, test_fraction: float = 0.2,
                   seed: int = 0) -> ArrayDataset:
     """German Credit: label 0 = good, 1 = bad credit risk. Sensitive: `sex` (the one-hot columns of attribute
     9, "personal status and sex", A91-A95) and `age`.
 
-    The UCI file codes the risk as 1 = good, 2 = bad; some copies code bad as 0. Both are read, so a local
-    copy is validated by parsing rather than by one checksum (downloads are still md5-verified).
+    The UCI file codes the risk as 1 = good, 2 = bad; some copies code bad as 0. Both are read, so a copy in
+    ROOT/german-credit is validated by parsing rather than by one checksum (the embedded copy and downloads are
+    md5-verified). Without such a copy the embedded official file is read.
     """
-    # md5 of the UCI file (labels 1/2); a local copy with another label coding is accepted, see above.
-    path = ensure_file(root / "german-credit" / "german.data", "6b94c2e35480e671545e52a808a8a549",
-                       [UCI + "statlog/german/german.data"], download_ok=download, verify_present=False,
-                       how=f"Put the UCI file german.data in {root / 'german-credit'}.")
-    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    text = uci_text("german-credit", "german.data", GERMAN_MD5, root=root, download=download)
+    rows = [line.split() for line in text.splitlines() if line.strip()]
     risk = {"1": 0, "2": 1, "0": 1}
     data = table_dataset("german-credit", split, rows, GERMAN_COLUMNS, lambda v: _label(v, risk),
                          ["good", "bad"], ["personal_status_sex", "age"], test_fraction=test_fraction, seed=seed)
@@ -126,28 +136,59 @@ ADULT_COLUMNS = [
 ]
 
 
-@DATASETS.register("adult", kind="tabular", num_classes=2, embedded=False, eps_grid=TABULAR_EPS,
-                   description="UCI Adult census income (32,561 rows), ROOT/adult/adult.data")
+@DATASETS.register("adult", kind="tabular", num_classes=2, embedded=True, eps_grid=TABULAR_EPS,
+                   description="UCI Adult census income (32,561 rows), embedded (or ROOT/adult/adult.data)")
 def adult(split: str, *, root: Path, download: bool = False, test_fraction: float = 0.2, seed: int = 0,
           missing: str = "drop") -> ArrayDataset:
     """Adult: label 1 = income >50K. Sensitive: `sex` and `race`.
 
     `fnlwgt` (a census sampling weight, not an attribute of the person) is dropped. Rows with a missing value
     ("?") are dropped (`missing="drop"`, 30,162 rows remain) or "?" is kept as its own category
-    (`missing="category"`). The split is drawn from adult.data alone.
+    (`missing="category"`). The split is drawn from adult.data alone. Without a copy in ROOT/adult the embedded
+    official file is read.
     """
     if missing not in ("drop", "category"):
         raise DataError(f"adult: missing must be 'drop' or 'category', got {missing!r}")
-    path = ensure_file(root / "adult" / "adult.data", "5d7c39d7b8804f071cdd1f2a7c460872",
-                       [UCI + "adult/adult.data"], download_ok=download, verify_present=False,
-                       how=f"Put the UCI file adult.data in {root / 'adult'}.")
-    with open(path, newline="") as f:
-        rows = [[v.strip() for v in r] for r in csv.reader(f) if r and any(v.strip() for v in r)]
+    text = uci_text("adult", "adult.data", ADULT_MD5, root=root, download=download)
+    records = csv.reader(io.StringIO(text, newline=""))
+    rows = [[v.strip() for v in r] for r in records if r and any(v.strip() for v in r)]
     if missing == "drop":
         rows = [r for r in rows if "?" not in r]
     return table_dataset("adult", split, rows, ADULT_COLUMNS,
                          lambda v: _label(v.rstrip("."), {"<=50K": 0, ">50K": 1}), ["<=50K", ">50K"],
                          ["sex", "race"], test_fraction=test_fraction, seed=seed)
+
+
+def uci_text(name: str, fname: str, md5: str, *, root: Path, download: bool) -> str:
+    """The text of UCI file `fname` of dataset `name`: ROOT/name/fname when present or `download` is asked for
+    (fetched md5-verified if missing), else the embedded official copy."""
+    local = root / name / fname
+    if local.exists() or download:
+        # a present copy is validated by parsing, not by one checksum: copies with another label coding exist
+        path = ensure_file(local, md5, [UCI + _UCI_PATHS[fname]], download_ok=download, verify_present=False,
+                           how=f"Put the UCI file {fname} in {local.parent}.")
+        return _decode(path.read_bytes(), path)
+    embedded = EMBEDDED_DIR / f"{fname}.gz"
+    try:
+        raw = gzip.decompress(embedded.read_bytes())
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"the embedded file {embedded} is missing or damaged ({err}): the clearsight installation "
+                        "is broken; reinstall it") from err
+    got = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    if got != md5:
+        raise DataError(f"the embedded file {embedded} decompresses to md5 {got}, not the official {md5}: the "
+                        "clearsight installation is broken; reinstall it")
+    return _decode(raw, embedded)
+
+
+_UCI_PATHS = {"german.data": "statlog/german/german.data", "adult.data": "adult/adult.data"}
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not a text file ({err}); it is not a UCI data file") from err
 
 
 def _label(value: str, mapping: dict[str, int]) -> int:
