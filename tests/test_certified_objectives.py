@@ -16,7 +16,8 @@ from clearsight import bounds
 from clearsight.errors import ConfigError
 from clearsight.models import build
 from clearsight.objectives import OBJECTIVES
-from clearsight.objectives.certified import certified_explanation, ibp, schedule_factor
+from clearsight.objectives.certified import certified_explanation, ibp
+from clearsight.objectives.schedule import schedule_factor
 from test_bounds import searched_points, true_gradient  # the same explanation searches as the bound tests
 
 

@@ -33,7 +33,7 @@ PAPER = re.compile(r"arXiv[ :]\d{4}\.\d{4,5}")
 REQUIRED_META: dict[str, dict[str, type | tuple[type, ...]]] = {
     "datasets": {"kind": str, "num_classes": int, "embedded": bool},
     "models": {"input_shape": tuple},
-    "objectives": {"needs_double_backprop": bool},
+    "objectives": {"needs_double_backprop": bool, "standard_at": tuple},
     "attributions": {"paper": str, "multi_sample": bool, "output": str, "images_only": bool},
     "attacks": {"norms": tuple, "goal": str, "paper": str},
     "metrics": {"higher_is_better": bool, "needs_grad": bool},
@@ -92,7 +92,7 @@ def test_every_objective_returns_a_loss_that_reaches_every_parameter(name, progr
     x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     before, x_copy = model_state(model), x.clone()
     batch = {} if progress is None else {"progress": progress, "epoch": 0}
-    out = build_objective(name)(model, x, y, **batch)
+    out = build_objective(name, dataset="mnist-mini")(model, x, y, **batch)  # budgets: mnist's (eps 0.3)
     assert isinstance(out, LossOutput) and out.loss.dim() == 0 and bool(torch.isfinite(out.loss))
     assert out.logs and all(isinstance(v, float) for v in out.logs.values())
     if out.logits is not None:
@@ -101,6 +101,24 @@ def test_every_objective_returns_a_loss_that_reaches_every_parameter(name, progr
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
     assert model_state(model) == before and torch.equal(x, x_copy)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_every_objective_equals_standard_at_its_declared_standard_points(name):
+    """Metadata `standard_at`: option sets (a zero weight, eps 0) at which the objective is exactly `standard`,
+    in loss value and in every parameter gradient."""
+    points = OBJECTIVES.meta(name)["standard_at"]
+    assert name == "standard" or points, f"{name} declares no standard_at point"
+    x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    for options in points:
+        results = []
+        for objective in (build_objective("standard"), build_objective(name, dataset="mnist-mini", **options)):
+            model = tiny_mlp()  # the same weights for both; no dropout, so train mode is deterministic
+            out = objective(model, x, y, progress=0.5, epoch=0)
+            results.append((out.loss.detach(), torch.autograd.grad(out.loss, list(model.parameters()))))
+        (loss_a, grads_a), (loss_b, grads_b) = results
+        assert torch.equal(loss_a, loss_b), (name, options)
+        assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True)), (name, options)
 
 
 # ---------------------------------------------------------------- metrics

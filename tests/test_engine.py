@@ -317,7 +317,7 @@ def test_learning_rate_schedules():
     cos = TrainConfig(schedule="cosine")
     assert lr_factor(cos, 0, 100) == 1.0 and lr_factor(cos, 50, 100) == pytest.approx(0.5)
     assert lr_factor(cos, 25, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
-    step = TrainConfig(schedule="step", milestones=(0.5, 0.75), gamma=0.1)
+    step = TrainConfig(schedule="step", milestones=(0.5, 0.75), lr_decay=0.1)
     assert [lr_factor(step, s, 100) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     assert lr_factor(TrainConfig(schedule="constant"), 70, 100) == 1.0
 

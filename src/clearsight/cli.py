@@ -26,12 +26,19 @@ def _registries() -> dict[str, Any]:
             "attacks": ATTACKS, "metrics": METRICS}
 
 
-def _options_text(fn: Any) -> str:
+def _options_text(fn: Any, budgets: Sequence[str] = ()) -> str:
     skip = {"split", "root", "download", "model", "x", "y", "num_classes", "input_shape"}
     params = [p for p in inspect.signature(fn).parameters.values()
               if p.kind is p.KEYWORD_ONLY and p.name not in skip]
-    # a required option by its bare name (the empty default's repr would read "eps=_empty")
-    return ", ".join(p.name if p.default is p.empty else f"{p.name}={_default_text(p.default)}" for p in params)
+
+    def text(p: inspect.Parameter) -> str:
+        if p.default is p.empty:  # a required option by its bare name (the repr would read "eps=_empty")
+            return p.name
+        if p.name in budgets and p.default is None:  # filled from the dataset's training budget
+            return f"{p.name}=<dataset budget>"
+        return f"{p.name}={_default_text(p.default)}"
+
+    return ", ".join(text(p) for p in params)
 
 
 def _default_text(value: Any) -> str:
@@ -43,12 +50,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     registry = _registries()[args.kind]
     width = max(len(n) for n in registry.names())
     for entry in registry:
-        meta = {k: v for k, v in entry.meta.items() if k not in ("description", "aliases")}
+        # standard_at is a contract for tests; budgets show as the options' defaults
+        meta = {k: v for k, v in entry.meta.items() if k not in ("description", "aliases", "standard_at", "budgets")}
         extras = ", ".join(f"{k}={v}" for k, v in meta.items() if v is not None)
         print(f"{entry.name:<{width}}  {entry.meta.get('description', '')}")
         if extras:
             print(f"{'':<{width}}    [{extras}]")
-        if opts := _options_text(entry.fn):
+        if opts := _options_text(entry.fn, entry.meta.get("budgets", ())):
             print(f"{'':<{width}}    options: {opts}")
     return 0
 

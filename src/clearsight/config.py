@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,10 @@ class TrainConfig:
         batch_size: global batch size (split evenly across processes under torchrun).
         optimizer: "sgd" (momentum, optionally Nesterov) or "adam".
         lr: peak learning rate.
-        schedule: "cosine" (to 0 over all steps), "step" (times `gamma` at each of `milestones`, given as
+        schedule: "cosine" (to 0 over all steps), "step" (times `lr_decay` at each of `milestones`, given as
             fractions of training) or "constant".
+        lr_decay: the step schedule's factor (called `gamma` before 0.2, a name it shared with the parameter
+            radius of the bounds; `gamma` is still read, with a warning, for one release).
         val_fraction: share of the training data held out for validation (never the test split); 0 disables.
         keep: which weights model.safetensors holds: "last" epoch or "best" validation accuracy.
         grad_clip: clip the global gradient norm to this value (None: no clipping).
@@ -55,7 +58,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     milestones: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1
+    lr_decay: float = 0.1
     val_fraction: float = 0.1
     keep: str = "last"
     grad_clip: float | None = None
@@ -77,6 +80,35 @@ class TrainConfig:
             raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.keep == "best" and self.val_fraction == 0.0:
             raise ConfigError("train.keep=best selects on validation accuracy; set train.val_fraction > 0")
+
+
+# train options renamed in 0.2: old name -> new name (read with a warning for one release)
+RENAMED_TRAIN = {"gamma": "lr_decay"}
+
+
+def migrate_train(train: Mapping[str, Any], *, where: str = "the train options") -> dict[str, Any]:
+    """`train` with renamed options under their new names (warning once per use); both names is an error."""
+    out = dict(train)
+    for old, new in RENAMED_TRAIN.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{where} give both train.{old} and train.{new}; {old} is the old name of {new} "
+                              f"(the step schedule's learning-rate factor): keep only {new}")
+        warnings.warn(f"train.{old} in {where} is now train.{new} (the learning-rate decay of the step schedule); "
+                      f"it is read as {new} for this release", FutureWarning, stacklevel=3)
+        out[new] = out.pop(old)
+    return out
+
+
+def train_config(options: Mapping[str, Any]) -> TrainConfig:
+    """TrainConfig from keyword options (old names migrated); unknown names are refused with the valid ones."""
+    options = migrate_train(options, where="fit()")
+    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"fit() has no option {unknown[0]!r}; valid options: {', '.join(valid)}")
+    return TrainConfig(**options)
 
 
 @dataclass(frozen=True)
@@ -173,7 +205,8 @@ def resolve(doc: Mapping[str, Any]) -> RunConfig:
                                   f"{', '.join(['name', *valid])}")
             _check_like(f"{section}.{key}", value, valid[key])
         parts[section] = Component(name, {**valid, **raw})
-    train_raw = dict(_section(doc, "train"))
+    parts["objective"] = _with_budgets(parts["objective"], parts["data"].name)
+    train_raw = migrate_train(_section(doc, "train"), where="the config")
     hints = typing.get_type_hints(TrainConfig)
     valid_train = [f.name for f in dataclasses.fields(TrainConfig)]
     for key, value in train_raw.items():
@@ -181,6 +214,13 @@ def resolve(doc: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"train has no option {key!r}; valid keys: {', '.join(valid_train)}")
         train_raw[key] = _coerce(f"train.{key}", value, hints[key])
     return RunConfig(train=TrainConfig(**train_raw), **parts)
+
+
+def _with_budgets(objective: Component, dataset: str) -> Component:
+    """The objective section with its data-dependent budgets (eps left at None) set from the dataset."""
+    from clearsight.objectives import fill_budgets
+
+    return Component(objective.name, fill_budgets(objective.name, objective.options, dataset))
 
 
 def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,15 @@ from torch.utils.data.distributed import DistributedSampler
 
 from clearsight import __version__, distributed, io
 from clearsight.checks import check_labels
-from clearsight.config import TrainConfig
+from clearsight.config import TrainConfig, migrate_train, train_config
 from clearsight.data.base import ArrayDataset, as_array_dataset
 from clearsight.errors import CheckpointError, ConfigError, DataError, TrainingError
 from clearsight.metrics.registry import row_key
 from clearsight.metrics.suites import HYGIENE_SAMPLES
 from clearsight.modes import eval_mode, resolve_device
-from clearsight.objectives import LossOutput, describe
+from clearsight.objectives import LossOutput, describe, with_budgets
 from clearsight.objectives import build as build_objective
-from clearsight.progress import reporter
+from clearsight.progress import Reporter, reporter
 
 CHECKPOINT = Path("checkpoint") / "state.pt"
 
@@ -42,7 +42,8 @@ def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: 
 
     Args:
         objective: a callable `(model, x, y, **batch) -> LossOutput` (see `clearsight.objectives.build`) or
-            the name of a registered objective with default options.
+            the name of a registered objective with default options. A registered objective's budgets left at
+            None (the eps of pgd-at, trades, ...) are set to the training budget of `train_ds`'s dataset.
         val_ds: validation data; None -> hold out `val_fraction` of `train_ds` (never pass the test split).
         out_dir: run directory for config.yaml, model.safetensors, checkpoint/ and log.jsonl; None keeps
             everything in memory.
@@ -55,24 +56,59 @@ def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: 
         TrainingError: the loss became NaN or infinite; the last good checkpoint is kept.
         CheckpointError: `out_dir` holds a run and `resume` is False, or its checkpoint cannot be used.
     """
-    cfg = _train_config(options)
-    if isinstance(objective, str):
-        objective = build_objective(objective)
+    cfg = train_config(options)
+    train = as_array_dataset(train_ds)
+    objective = with_budgets(build_objective(objective) if isinstance(objective, str) else objective, train.name)
     device = resolve_device(cfg.device)
     world = distributed.join(device)
     try:
-        return _fit(model, objective, as_array_dataset(train_ds), val_ds, cfg, device, world,
+        return _fit(model, objective, train, val_ds, cfg, device, world,
                     Path(out_dir) if out_dir is not None else None, resume, dict(run_config or {}))
     finally:
         distributed.leave(world)
 
 
-def _train_config(options: Mapping[str, Any]) -> TrainConfig:
-    valid = [f.name for f in dataclasses.fields(TrainConfig)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"fit() has no option {unknown[0]!r}; valid options: {', '.join(valid)}")
-    return TrainConfig(**options)
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands after `epoch` epochs: their log, the best validation accuracy and (keep="best") the
+    weights that reached it. A fresh run starts at epoch 0; a resumed one from its checkpoint."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: float = -1.0
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def record(self, row: dict[str, Any], model: nn.Module, keep: str) -> bool:
+        """Add an epoch's row; returns whether its validation accuracy is the best so far (kept weights)."""
+        improved = "val_accuracy" in row and row["val_accuracy"] > self.best
+        self.best = max(self.best, row.get("val_accuracy", self.best))
+        if keep == "best" and improved:
+            row["kept"] = True
+            self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.history.append(row)
+        self.epoch += 1
+        return improved
+
+
+@dataclasses.dataclass
+class Batches:
+    """This process's share of the shuffled training data, batch by batch, with the lr schedule's clock."""
+
+    data: ArrayDataset
+    sampler: DistributedSampler
+    local_batch: int
+    device: torch.device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.sampler) / self.local_batch)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.int64)
+        for i in range(self.steps_per_epoch):
+            batch = self.data.batch(order[i * self.local_batch : (i + 1) * self.local_batch])
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 
 def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDataset, val_ds: Dataset | None,
@@ -87,63 +123,52 @@ def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDat
            "train": dataclasses.asdict(cfg)}
     torch.manual_seed(cfg.seed + world.rank)
     optimizer = _optimizer(model, cfg)
-    history: list[dict[str, Any]] = []
-    start_epoch, best = 0, -1.0
-    best_state: dict[str, torch.Tensor] | None = None  # weights of the best validation epoch (keep="best")
-    if out is not None:
-        state = _open_run(out, doc, resume, world)
-        if state is not None:
-            start_epoch, history, best = _restore(state, model, optimizer, world, device)
-            if cfg.keep == "best" and (out / "model.safetensors").exists():
-                best_state = io.load_weights(out / "model.safetensors", device)
+    state = _start(out, doc, resume, world, model, optimizer, device, cfg.keep)
     distributed.broadcast_state(model, world)
-    sampler: DistributedSampler = DistributedSampler(train, num_replicas=world.size, rank=world.rank, shuffle=True,
-                                                     seed=cfg.seed)
-    local_batch = cfg.batch_size // world.size
-    steps_per_epoch = math.ceil(len(sampler) / local_batch)
-    total_steps = steps_per_epoch * cfg.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
+    batches = Batches(train, DistributedSampler(train, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                                seed=cfg.seed), cfg.batch_size // world.size, device)
     report = reporter(cfg.progress, is_main=world.is_main)
-    for epoch in range(start_epoch, cfg.epochs):
+    while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.int64)
-        sums: dict[str, float] = {}
-        model.train()
-        bar = report.bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, step, total_steps)
-            batch = {k: v.to(device, non_blocking=True)
-                     for k, v in train.batch(order[i * local_batch : (i + 1) * local_batch]).items()}
-            x, y = batch.pop("x"), batch.pop("y")
-            result = objective(model, x, y, progress=step / total_steps, epoch=epoch, **batch)
-            _check_finite(result, epoch, i, out)
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            distributed.average_gradients(params, world)
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            _accumulate(sums, result, y)
-            bar.update(1)
-        bar.close()
-        row = _epoch_row(epoch, sums, world, time.perf_counter() - t0, optimizer)
+        sums = _train_epoch(model, objective, optimizer, batches, state.epoch, cfg, world, report, out)
+        row = _epoch_row(state.epoch, sums, world, time.perf_counter() - t0, optimizer)
         if val is not None:
             row.update(_validate(model, val, device, world))
-        history.append(row)
-        improved = val is not None and row["val_accuracy"] > best
-        best = max(best, row.get("val_accuracy", best))
-        if cfg.keep == "best" and improved:
-            row["kept"] = True
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        improved = state.record(row, model, cfg.keep)
         if out is not None:
-            _save_epoch(out, model, optimizer, history, best, world, save_model=cfg.keep == "last" or improved)
+            _save_epoch(out, model, optimizer, state, world, save_model=cfg.keep == "last" or improved)
         report.line(row)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return history
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return state.history
+
+
+def _train_epoch(model: nn.Module, objective: Callable[..., LossOutput], optimizer: torch.optim.Optimizer,
+                 batches: Batches, epoch: int, cfg: TrainConfig, world: distributed.World, report: Reporter,
+                 out: Path | None) -> dict[str, float]:
+    """One pass over the training split: an optimizer step per batch; returns the sums of the logged terms."""
+    sums: dict[str, float] = {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps, total = batches.steps_per_epoch, batches.steps_per_epoch * cfg.epochs
+    model.train()
+    bar = report.bar(steps, f"epoch {epoch + 1}/{cfg.epochs}")
+    for i, batch in enumerate(batches.epoch(epoch)):
+        step = epoch * steps + i
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, step, total)
+        x, y = batch.pop("x"), batch.pop("y")
+        result = objective(model, x, y, progress=step / total, epoch=epoch, **batch)
+        _check_finite(result, epoch, i, out)
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        distributed.average_gradients(params, world)
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        _accumulate(sums, result, y)
+        bar.update(1)
+    bar.close()
+    return sums
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -152,7 +177,7 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
     if cfg.schedule == "step":
-        return cfg.gamma ** sum(t >= m for m in cfg.milestones)
+        return cfg.lr_decay ** sum(t >= m for m in cfg.milestones)
     return 1.0
 
 
@@ -197,13 +222,16 @@ def _check_finite(result: LossOutput, epoch: int, step: int, out: Path | None) -
 
 
 def _accumulate(sums: dict[str, float], result: LossOutput, y: torch.Tensor) -> None:
-    n = y.shape[0]
-    sums["n"] = sums.get("n", 0.0) + n
-    sums["loss"] = sums.get("loss", 0.0) + float(result.loss.detach()) * n
-    for key, value in result.logs.items():
-        sums[key] = sums.get(key, 0.0) + float(value) * n
+    """Add a step's terms, weighted by its batch size; each term keeps its own sample count ("n/<term>"), so a
+    term logged at some steps only (the accuracy of an objective that returns clean logits at some steps)
+    is averaged over those steps' samples."""
+    n = float(y.shape[0])
+    terms = {"loss": float(result.loss.detach()), **{k: float(v) for k, v in result.logs.items()}}
     if result.logits is not None:
-        sums["accuracy"] = sums.get("accuracy", 0.0) + float((result.logits.argmax(1) == y).sum())
+        terms["accuracy"] = float((result.logits.argmax(1) == y).float().mean())
+    for key, value in terms.items():
+        sums[key] = sums.get(key, 0.0) + value * n
+        sums[f"n/{key}"] = sums.get(f"n/{key}", 0.0) + n
 
 
 def _epoch_row(epoch: int, sums: dict[str, float], world: distributed.World, seconds: float,
@@ -212,9 +240,8 @@ def _epoch_row(epoch: int, sums: dict[str, float], world: distributed.World, sec
     for part in distributed.gather(sums, world):
         for key, value in part.items():  # type: ignore[attr-defined]
             total[key] = total.get(key, 0.0) + value
-    n = total.pop("n")
-    return {"epoch": epoch + 1, **{k: v / n for k, v in total.items()},
-            "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+    means = {k: v / total[f"n/{k}"] for k, v in total.items() if not k.startswith("n/")}
+    return {"epoch": epoch + 1, **means, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
 
 
 def _validate(model: nn.Module, val: ArrayDataset, device: torch.device, world: distributed.World
@@ -236,6 +263,20 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device:
 
 # ---- run directory -------------------------------------------------------------------------------------------
 
+def _start(out: Path | None, doc: dict[str, Any], resume: bool, world: distributed.World, model: nn.Module,
+           optimizer: torch.optim.Optimizer, device: torch.device, keep: str) -> RunState:
+    """A fresh RunState, or (resume) the one the checkpoint in `out` holds, with model and optimizer restored."""
+    if out is None:
+        return RunState()
+    saved = _open_run(out, doc, resume, world)
+    if saved is None:
+        return RunState()
+    state = _restore(saved, model, optimizer, world, device)
+    if keep == "best" and (out / "model.safetensors").exists():
+        state.best_weights = io.load_weights(out / "model.safetensors", device)
+    return state
+
+
 def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.World) -> dict[str, Any] | None:
     """Start a fresh run in `out` (refusing to touch an existing one) or return the checkpoint to resume."""
     config_path, state_path = out / "config.yaml", out / CHECKPOINT
@@ -245,6 +286,8 @@ def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.W
                               "choose another output directory. Nothing was changed.")
     if exists:
         saved = io.read_yaml(config_path) if config_path.exists() else {}
+        if isinstance(saved.get("train"), dict):  # a run written before a train option was renamed
+            saved["train"] = migrate_train(saved["train"], where=str(config_path))
         differences = _differences({k: v for k, v in saved.items() if k != "versions"}, io._plain(doc))
         if differences:
             raise CheckpointError(f"cannot resume {out}: its config differs from this one in "
@@ -262,27 +305,27 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]} ({a!r} -> {b!r})"]
 
 
-def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-             world: distributed.World, device: torch.device) -> tuple[int, list[dict[str, Any]], float]:
+def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             world: distributed.World, device: torch.device) -> RunState:
     try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng = state["rng"]
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng = saved["rng"]
         if len(rng) != world.size:
             raise CheckpointError(f"the checkpoint was written by {len(rng)} processes, this run has {world.size}; "
                                   "resume with the same number of processes")
         torch.set_rng_state(rng[world.rank]["cpu"])
         if device.type == "cuda" and rng[world.rank].get("cuda") is not None:
             torch.cuda.set_rng_state(rng[world.rank]["cuda"], device)
-        return int(state["epoch"]), list(state["history"]), float(state["best"])
+        return RunState(int(saved["epoch"]), list(saved["history"]), float(saved["best"]))
     except (KeyError, RuntimeError, ValueError) as err:
         if isinstance(err, CheckpointError):
             raise
         raise CheckpointError(f"the checkpoint does not match this model or optimizer: {err}") from err
 
 
-def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict[str, Any]],
-                best: float, world: distributed.World, *, save_model: bool) -> None:
+def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: RunState,
+                world: distributed.World, *, save_model: bool) -> None:
     rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     rngs = distributed.gather(rng, world)
     if world.size > 1:  # buffers (batch-norm statistics) are per process; keep rank 0's everywhere
@@ -291,10 +334,11 @@ def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, h
     if world.is_main:
         # checkpoint first: it holds the history, so the log can always be rebuilt from it
         io.save_state(out / CHECKPOINT, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "rng": rngs, "epoch": len(history), "history": history, "best": best})
+                                         "rng": rngs, "epoch": state.epoch, "history": state.history,
+                                         "best": state.best})
         if save_model:
-            io.save_weights(out / "model.safetensors", model.state_dict(), {"epoch": len(history)})
-        io.write_jsonl(out / "log.jsonl", history)
+            io.save_weights(out / "model.safetensors", model.state_dict(), {"epoch": state.epoch})
+        io.write_jsonl(out / "log.jsonl", state.history)
     distributed.barrier(world)
 
 

@@ -1,7 +1,8 @@
 """The feasible set of an attack: the eps ball around x (linf or l2) intersected with the image box [0, 1].
 
 `project` maps any point into the set, `direction` turns a gradient into the steepest-ascent step of unit size
-for the norm, `random_point` draws a uniform random start. All work per sample on batches [B, ...].
+for the norm, `random_point` draws a uniform random start and `normal_point` a Gaussian one. All work per
+sample on batches [B, ...].
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class Ball:
         if self.norm == "linf":
             return grad.sign()
         return grad / per_sample_norm(grad).clamp_min(1e-12).view(self._view)
+
+    def normal_point(self, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """center + sigma * N(0, I), projected into the set (TRADES's start, Zhang et al.: sigma 0.001)."""
+        c = self.center
+        return self.project(c + sigma * torch.randn(c.shape, generator=generator, device=c.device, dtype=c.dtype))
 
     def random_point(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """A point drawn uniformly from the ball (linf: the cube, l2: the solid ball), then clipped to [0, 1]."""

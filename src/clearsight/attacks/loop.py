@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from clearsight.attacks.ball import Ball
-from clearsight.attacks.losses import get_loss
+from clearsight.attacks.losses import REFERENCE_LOSSES, get_loss
 from clearsight.checks import check_inputs, check_labels
 from clearsight.errors import ConfigError, DataError
 from clearsight.modes import channels_last, eval_mode, frozen_parameters
@@ -62,9 +62,10 @@ class Goal:
     loss: str
     labels: torch.Tensor  # the true labels (untargeted) or the target classes (targeted)
     targeted: bool
+    reference: torch.Tensor | None = None  # clean class probabilities [B, C], for the REFERENCE_LOSSES
 
     def value(self, logits: torch.Tensor) -> torch.Tensor:
-        v = get_loss(self.loss)(logits, self.labels)
+        v = get_loss(self.loss)(logits, self.labels if self.reference is None else self.reference)
         return -v if self.targeted else v
 
     def success(self, logits: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ class Goal:
         return pred == self.labels if self.targeted else pred != self.labels
 
     def __getitem__(self, idx: torch.Tensor) -> Goal:
-        return Goal(self.loss, self.labels[idx], self.targeted)
+        return Goal(self.loss, self.labels[idx], self.targeted, None if self.reference is None else self.reference[idx])
 
 
 class Worst:
@@ -102,15 +103,21 @@ class Worst:
 def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
                stepper: Callable[[Ball], Stepper], restarts: int = 1, random_start: bool = True, loss: str = "ce",
                targeted: bool = False, target: torch.Tensor | str | None = None,
-               generator: torch.Generator | None = None, keep: str = "worst") -> torch.Tensor:
+               generator: torch.Generator | None = None, keep: str = "worst",
+               start_sigma: float | None = None) -> torch.Tensor:
     """Validate the inputs, then run `restarts` runs of `steps` steps; returns x_adv like x.
 
     Args:
         stepper: `stepper(ball)` builds the update rule of one run (fresh state per run).
+        loss: a name in `LOSSES`; one of `REFERENCE_LOSSES` ("kl") is measured against the model's clean class
+            probabilities on x, computed once before the runs.
         target: the target classes [B] of a targeted attack, or "least-likely" (the class with the lowest
             clean logit, the iterative least-likely-class attack).
         keep: "worst" returns the per-sample worst case over all iterates and restarts; "last" returns the
-            last iterate without scoring it (fgsm; only with restarts=1).
+            last iterate without scoring it (fgsm, and adversarial training as Madry et al. and Zhang et al.
+            do it; only with restarts=1).
+        start_sigma: with `random_start`, start from x + start_sigma * N(0, I) (projected) instead of a uniform
+            point of the ball (TRADES: 0.001).
     """
     check_inputs(x)
     check_labels(y, batch=x.shape[0])
@@ -119,11 +126,16 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     if keep not in ("worst", "last") or (keep == "last" and restarts != 1):
         raise ConfigError(f"keep must be 'worst', or 'last' with restarts=1; got keep={keep!r}, restarts={restarts}")
     get_loss(loss)  # unknown names fail before any work
+    if loss in REFERENCE_LOSSES and targeted:
+        raise ConfigError(f"the {loss!r} loss measures the change from the clean prediction; it has no targeted form")
+    if start_sigma is not None and not (random_start and float(start_sigma) >= 0):
+        raise ConfigError(f"start_sigma needs random_start=True and a value >= 0, got {start_sigma!r}")
+    start = _start(random_start, start_sigma, generator)
     with attacking(model), channels_last(model, x):
         x, y = plain(x), plain(y)
         ball = Ball(x, eps, norm)
-        goal = Goal(loss, _labels(model, x, y, targeted, target), targeted)
-        worst = _run(model, ball, goal, int(steps), stepper(ball), random_start, generator, keep)
+        goal = Goal(loss, _labels(model, x, y, targeted, target), targeted, _reference(model, x, loss))
+        worst = _run(model, ball, goal, int(steps), stepper(ball), start, keep)
         if keep == "worst" and random_start:
             # x itself is a candidate (without a random start it is the first iterate anyway): a sample that is
             # misclassified already must not come back classified correctly from a random start
@@ -135,15 +147,32 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
             idx = (~worst.success).nonzero().squeeze(1)  # later restarts attack only samples not broken yet
             if idx.numel() == 0:
                 break
-            worst.merge(idx, _run(model, ball[idx], goal[idx], int(steps), stepper(ball[idx]), random_start,
-                                  generator, keep))
+            worst.merge(idx, _run(model, ball[idx], goal[idx], int(steps), stepper(ball[idx]), start, keep))
     # in x's layout (gradients of a channels-last model may come back channels-last, and callers may .view)
     return worst.x.contiguous() if x.is_contiguous() else worst.x
 
 
-def _run(model: nn.Module, ball: Ball, goal: Goal, steps: int, stepper: Stepper, random_start: bool,
-         generator: torch.Generator | None, keep: str) -> Worst:
-    x_t = ball.random_point(generator) if random_start else ball.center
+def _start(random_start: bool, sigma: float | None, generator: torch.Generator | None
+           ) -> Callable[[Ball], torch.Tensor]:
+    """The first iterate of a run: x itself, a uniform point of the ball, or x plus Gaussian noise."""
+    if not random_start:
+        return lambda ball: ball.center
+    if sigma is not None:
+        return lambda ball: ball.normal_point(float(sigma), generator)
+    return lambda ball: ball.random_point(generator)
+
+
+def _reference(model: nn.Module, x: torch.Tensor, loss: str) -> torch.Tensor | None:
+    """The clean class probabilities a reference loss compares with (None for the other losses)."""
+    if loss not in REFERENCE_LOSSES:
+        return None
+    with torch.no_grad():
+        return model(x).softmax(1)
+
+
+def _run(model: nn.Module, ball: Ball, goal: Goal, steps: int, stepper: Stepper,
+         start: Callable[[Ball], torch.Tensor], keep: str) -> Worst:
+    x_t = start(ball)
     found = Worst(x_t)
     for t in range(steps):
         x_t = x_t.detach().requires_grad_(True)

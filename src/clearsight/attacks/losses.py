@@ -1,6 +1,8 @@
 """Per-sample attack losses on logits: `loss(logits [B, C], labels [B]) -> [B]`, larger = more adversarial.
 
-The attack loop maximizes `loss(logits, y)` (untargeted) or `-loss(logits, target)` (targeted).
+The attack loop maximizes `loss(logits, y)` (untargeted) or `-loss(logits, target)` (targeted). The losses in
+`REFERENCE_LOSSES` compare with the model's own clean prediction instead of the labels: the loop passes them
+the clean class probabilities [B, C] (TRADES's inner maximization).
 """
 
 from __future__ import annotations
@@ -47,7 +49,16 @@ def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (other - true) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"ce": ce, "margin": margin, "dlr": dlr}
+def kl(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """KL(p || softmax(z)) per sample, with p = `reference` [B, C] the clean class probabilities (Zhang et al.,
+    arXiv 1901.08573: TRADES's attack maximizes it). 0 at the clean point, so the gradient there is 0 too: start
+    the attack from a perturbed point (`pgd(start_sigma=...)`)."""
+    return (torch.xlogy(reference, reference) - reference * logits.log_softmax(1)).sum(1)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"ce": ce, "margin": margin, "dlr": dlr,
+                                                                         "kl": kl}
+REFERENCE_LOSSES = frozenset({"kl"})
 
 
 def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

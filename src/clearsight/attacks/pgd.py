@@ -49,7 +49,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.1
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.3, norm: str = "linf", steps: int = 40,
         step_size: float | None = None, restarts: int = 1, random_start: bool = True, loss: str = "ce",
         targeted: bool = False, target: torch.Tensor | str | None = None,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, keep: str = "worst", start_sigma: float | None = None
+        ) -> torch.Tensor:
     """Projected gradient descent (Madry et al., arXiv 1706.06083).
 
     Each step moves `step_size` along sign(g) (linf) or g / ||g||_2 (l2) and projects onto the eps ball ∩
@@ -62,10 +63,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.3,
         step_size: None -> 2.5 * eps / steps (so the steps can cross the ball, Madry et al.).
         restarts: independent runs from new random starts; runs after the first only attack the samples not
             yet broken (without random_start all runs would be identical, so only one is made).
-        loss: "ce", "margin" (CW, max_{j!=y} z_j - z_y) or "dlr".
+        loss: "ce", "margin" (CW, max_{j!=y} z_j - z_y), "dlr", or "kl" (the KL divergence from the model's clean
+            prediction on x, TRADES's inner maximization; see `clearsight.attacks.losses`).
         targeted: minimize the loss towards `target` instead of maximizing it at y.
         target: target classes [B] (int64) or "least-likely" (lowest clean logit).
         generator: seeds the random starts (must live on x's device); None uses the global RNG.
+        keep: "worst" (the default, for evaluation) or "last": the last iterate, unscored, as adversarial
+            training uses it (Madry et al.; saves two forward passes; restarts must be 1).
+        start_sigma: start from x + start_sigma * N(0, I) instead of a uniform point of the ball (TRADES: 0.001).
 
     Returns:
         x_adv like x, with ||x_adv - x|| <= eps and 0 <= x_adv <= 1.
@@ -76,4 +81,5 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.3,
         raise ConfigError(f"step_size must be >= 0, got {step_size}")
     return run_attack(model, x, y, eps=eps, norm=norm, steps=steps,
                       stepper=partial(fixed_step, step_size=float(step_size)), restarts=restarts,
-                      random_start=random_start, loss=loss, targeted=targeted, target=target, generator=generator)
+                      random_start=random_start, loss=loss, targeted=targeted, target=target, generator=generator,
+                      keep=keep, start_sigma=start_sigma)

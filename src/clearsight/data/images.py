@@ -20,6 +20,10 @@ from clearsight.errors import DataError
 # (METHODS.md, "Evaluation grids").
 MNIST_EPS = {"linf": (0.1, 0.2, 0.25, 0.3), "l2": (1.5, 2.5, 3.5)}
 CIFAR10_EPS = {"linf": (4 / 255, 8 / 255), "l2": (80 / 255, 320 / 255)}
+# Training budgets (metadata `train_eps`): the eps an adversarial objective uses when the user gives none
+# (METHODS.md, "Training budgets": Madry et al.'s MNIST linf 0.3; CIFAR-10 linf 8/255, l2 0.5).
+MNIST_TRAIN_EPS = {"linf": 0.3, "l2": 2.0}
+CIFAR10_TRAIN_EPS = {"linf": 8 / 255, "l2": 0.5}
 
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -84,7 +88,7 @@ def _idx_pair(images: Path, labels: Path, *, name: str, split: str, classes: lis
 
 
 @DATASETS.register("mnist-mini", kind="image", input_shape=(1, 28, 28), num_classes=10, embedded=True,
-                   eps_grid=MNIST_EPS,
+                   eps_grid=MNIST_EPS, train_eps=MNIST_TRAIN_EPS,
                    description="5,000 MNIST train / 2,000 test images embedded in the package (offline)")
 def mnist_mini(split: str, *, root: Path | None = None, download: bool = False) -> ArrayDataset:
     """Real MNIST subset shipped with clearsight: train = 500 images per class, test = 200 per class of t10k."""
@@ -115,7 +119,7 @@ def _idx_dataset(name: str, split: str, root: Path, download: bool, classes: lis
 
 
 @DATASETS.register("mnist", kind="image", input_shape=(1, 28, 28), num_classes=10, embedded=False,
-                   eps_grid=MNIST_EPS,
+                   eps_grid=MNIST_EPS, train_eps=MNIST_TRAIN_EPS,
                    description="MNIST, 60,000 train / 10,000 test, IDX files in ROOT/mnist")
 def mnist(split: str, *, root: Path, download: bool = False) -> ArrayDataset:
     """MNIST (LeCun et al.) from the official IDX files in ROOT/mnist; md5-verified download when asked."""
@@ -123,7 +127,7 @@ def mnist(split: str, *, root: Path, download: bool = False) -> ArrayDataset:
 
 
 @DATASETS.register("fashion-mnist", kind="image", input_shape=(1, 28, 28), num_classes=10, embedded=False,
-                   eps_grid=MNIST_EPS,
+                   eps_grid=MNIST_EPS, train_eps=MNIST_TRAIN_EPS,
                    description="Fashion-MNIST, 60,000 train / 10,000 test, IDX files in ROOT/fashion-mnist")
 def fashion_mnist(split: str, *, root: Path, download: bool = False) -> ArrayDataset:
     """Fashion-MNIST (Xiao et al., arXiv 1708.07747) from the IDX files in ROOT/fashion-mnist."""
@@ -131,7 +135,7 @@ def fashion_mnist(split: str, *, root: Path, download: bool = False) -> ArrayDat
 
 
 @DATASETS.register("cifar10", kind="image", input_shape=(3, 32, 32), num_classes=10, embedded=False,
-                   eps_grid=CIFAR10_EPS,
+                   eps_grid=CIFAR10_EPS, train_eps=CIFAR10_TRAIN_EPS,
                    description="CIFAR-10, 50,000 train / 10,000 test, python batches in ROOT/cifar10")
 def cifar10(split: str, *, root: Path, download: bool = False) -> ArrayDataset:
     """CIFAR-10 from the official python batches (read without executing pickle code)."""
@@ -166,7 +170,7 @@ DECOY_SIZE = 4
 
 
 @DATASETS.register("decoy-mnist", kind="image", input_shape=(1, 28, 28), num_classes=10, embedded=True,
-                   eps_grid=MNIST_EPS,
+                   eps_grid=MNIST_EPS, train_eps=MNIST_TRAIN_EPS,
                    description="MNIST with a 4x4 corner patch whose shade gives away the label in training only")
 def decoy_mnist(split: str, *, root: Path | None = None, download: bool = False, source: str = "mnist-mini",
                 seed: int = 0) -> ArrayDataset:

@@ -37,6 +37,8 @@ GERMAN_MD5 = "6b94c2e35480e671545e52a808a8a549"
 ADULT_MD5 = "5d7c39d7b8804f071cdd1f2a7c460872"
 # Evaluation budgets on min-max scaled features: Wicker et al. certify explanations up to eps 0.1 [recon for attacks].
 TABULAR_EPS = {"linf": (0.01, 0.05, 0.1)}
+# Training budget of adversarial objectives on min-max scaled features (METHODS.md, "Training budgets").
+TABULAR_TRAIN_EPS = {"linf": 0.05, "l2": 0.5}
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ GERMAN_COLUMNS = [Column(n, num) for n, num in [
 
 
 @DATASETS.register("german-credit", kind="tabular", num_classes=2, embedded=True, eps_grid=TABULAR_EPS,
+                   train_eps=TABULAR_TRAIN_EPS,
                    description="UCI Statlog German Credit (1,000 rows), embedded (or ROOT/german-credit/german.data)")
 def german_credit(split: str, *, root: Path, download: bool = False, test_fraction: float = 0.2,
                   seed: int = 0) -> ArrayDataset:
@@ -137,6 +140,7 @@ ADULT_COLUMNS = [
 
 
 @DATASETS.register("adult", kind="tabular", num_classes=2, embedded=True, eps_grid=TABULAR_EPS,
+                   train_eps=TABULAR_TRAIN_EPS,
                    description="UCI Adult census income (32,561 rows), embedded (or ROOT/adult/adult.data)")
 def adult(split: str, *, root: Path, download: bool = False, test_fraction: float = 0.2, seed: int = 0,
           missing: str = "drop") -> ArrayDataset:

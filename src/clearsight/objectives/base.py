@@ -1,4 +1,10 @@
-"""What every training objective returns, and the registry of objectives."""
+"""What every training objective returns, and the registry of objectives.
+
+Metadata every objective declares: `needs_double_backprop`, `paper` (arXiv id or None), `description`, and
+`standard_at`, the option sets at which it is exactly `standard` training (a zero weight, eps 0), which a
+contract test checks; adversarial objectives also declare `budgets`, the options filled from the dataset's
+training budget.
+"""
 
 from __future__ import annotations
 

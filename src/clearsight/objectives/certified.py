@@ -14,31 +14,13 @@ from torch import nn
 
 from clearsight.bounds import gradient_bounds, input_box, interval_forward, margin_bounds
 from clearsight.bounds.gradient import OF
-from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 from clearsight.objectives.base import OBJECTIVES, LossOutput
-
-
-def schedule_factor(progress: float | None, *, warmup: float, end: float) -> float:
-    """Schedule factor in [0, 1]: 0 until `warmup`, linear up to 1 at `end`, then 1 (fractions of training).
-
-    `progress` None (the objective called outside `fit`) means training is done: factor 1.
-    """
-    if progress is None:
-        return 1.0
-    if end <= warmup:
-        return 1.0 if progress >= warmup else 0.0
-    return min(1.0, max(0.0, (float(progress) - warmup) / (end - warmup)))
-
-
-def _check_schedule(warmup: float, end: float, **radii: float) -> None:
-    for name, value in radii.items():
-        check_radius(value, name)
-    if not 0.0 <= warmup <= end <= 1.0:
-        raise ConfigError(f"need 0 <= warmup <= ramp <= 1 (fractions of training), got warmup={warmup}, ramp={end}")
+from clearsight.objectives.schedule import check_schedule, schedule_factor
 
 
 @OBJECTIVES.register("certified-explanation", needs_double_backprop=False, paper="arXiv 2212.08507",
+                     standard_at=({"alpha": 0.0}, {"eps": 0.0, "gamma": 0.0}),
                      description="CE + alpha * mean width of sound interval bounds on the input gradient "
                                  "(robust explanation constraints, Wicker et al.)")
 def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float = 0.5,
@@ -65,7 +47,7 @@ def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     Returns:
         LossOutput with logs ce, width, eps, gamma and the clean logits. At eps_t = gamma_t = 0 the width is 0.
     """
-    _check_schedule(warmup, ramp, alpha=alpha, eps=eps, gamma=gamma)
+    check_schedule(warmup, ramp, alpha=alpha, eps=eps, gamma=gamma)
     if of not in OF:
         raise ConfigError(f"of must be one of {', '.join(OF)}, got {of!r}")
     factor = schedule_factor(batch.get("progress"), warmup=warmup, end=ramp)  # type: ignore[arg-type]
@@ -80,6 +62,7 @@ def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 
 @OBJECTIVES.register("ibp", needs_double_backprop=False, paper="arXiv 1810.12715",
+                     standard_at=({"kappa_end": 1.0},),
                      description="kappa * CE(clean) + (1 - kappa) * CE(worst-case logits from interval bounds) "
                                  "(certified-prediction baseline, Gowal et al.)")
 def ibp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.1, kappa_end: float = 0.5,
@@ -101,7 +84,7 @@ def ibp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.1,
         LossOutput with logs ce, ce_robust, kappa, eps and the clean logits. At eps_t = gamma_t = 0 the
         worst-case logits equal the logits up to a per-sample shift, so the loss equals CE.
     """
-    _check_schedule(warmup, ramp, eps=eps, gamma=gamma)
+    check_schedule(warmup, ramp, eps=eps, gamma=gamma)
     if not 0.0 <= kappa_end <= 1.0:
         raise ConfigError(f"kappa_end must be in [0, 1], got {kappa_end}")
     factor = schedule_factor(batch.get("progress"), warmup=warmup, end=ramp)  # type: ignore[arg-type]

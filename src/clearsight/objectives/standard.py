@@ -9,7 +9,7 @@ from torch import nn
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 
 
-@OBJECTIVES.register("standard", needs_double_backprop=False, paper=None,
+@OBJECTIVES.register("standard", needs_double_backprop=False, paper=None, standard_at=(),
                      description="cross-entropy on clean inputs")
 def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, label_smoothing: float = 0.0,
              **batch: object) -> LossOutput:

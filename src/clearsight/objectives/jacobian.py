@@ -1,0 +1,73 @@
+"""Jacobian regularization (Hoffman et al., arXiv 1908.02729)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clearsight.checks import check_radius
+from clearsight.errors import ConfigError
+from clearsight.objectives.base import OBJECTIVES, LossOutput
+
+PROJECTIONS = ("random", "orthonormal")
+
+
+@OBJECTIVES.register("jacobian", needs_double_backprop=True, paper="arXiv 1908.02729",
+                     standard_at=({"lam": 0.0},),
+                     description="CE + lambda/2 * random-projection estimate of the squared Frobenius norm of the "
+                                 "input-logit Jacobian (Hoffman et al.)")
+def jacobian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float = 0.01, n_proj: int = 1,
+             projections: str = "random", **batch: object) -> LossOutput:
+    """CE + lam/2 * C / n_proj * sum_p ||v_p^T J(x)||^2 / B (Hoffman et al., arXiv 1908.02729).
+
+    J(x) [B, C, D] is the Jacobian of the logits with respect to the input; each v_p^T J is one vector-Jacobian
+    product (create_graph=True). With `projections="random"` every v_p is a uniform random unit vector of R^C,
+    drawn per sample, so C * ||v^T J||^2 is an unbiased estimate of ||J||_F^2 (E[v v^T] = I / C), as in the
+    authors' code. With `"orthonormal"` the v_p are the first n_proj vectors of one random orthonormal basis of
+    R^C (shared by the batch); n_proj = C then gives ||J||_F^2 exactly (the trace over a full basis).
+
+    Args:
+        lam: weight lambda_JR (the authors' code: 0.01).
+        n_proj: projections per step (the authors: 1); at most C with orthonormal projections.
+        projections: "random" or "orthonormal", see above.
+
+    Returns:
+        LossOutput with logs ce, jacobian (the Frobenius estimate, averaged over the batch) and the clean logits.
+        lam = 0 gives exactly `standard`'s loss.
+    """
+    check_radius(lam, "lam")
+    if projections not in PROJECTIONS:
+        raise ConfigError(f"jacobian projections must be one of {', '.join(PROJECTIONS)}, got {projections!r}")
+    if isinstance(n_proj, bool) or not isinstance(n_proj, int) or n_proj < 1:
+        raise ConfigError(f"jacobian n_proj must be an integer >= 1, got {n_proj!r}")
+    if lam == 0.0:
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        return LossOutput(ce, {"ce": float(ce.detach()), "jacobian": 0.0}, logits.detach())
+    x = x.detach().requires_grad_(True)  # a leaf of our own: the caller's x is never marked or modified
+    logits = model(x)
+    ce = F.cross_entropy(logits, y)
+    batch_size, classes = logits.shape
+    if projections == "orthonormal" and n_proj > classes:
+        raise ConfigError(f"jacobian: {n_proj} orthonormal projections but only {classes} classes")
+    vs = _projections(batch_size, classes, n_proj, projections, logits)
+    frobenius = logits.new_zeros(())
+    for v in vs:
+        (vjp,) = torch.autograd.grad(logits, x, grad_outputs=v, create_graph=True, retain_graph=True)
+        frobenius = frobenius + vjp.pow(2).sum()
+    frobenius = frobenius * (classes / (n_proj * batch_size))
+    logs = {"ce": float(ce.detach()), "jacobian": float(frobenius.detach())}
+    return LossOutput(ce + lam / 2 * frobenius, logs, logits.detach())
+
+
+def _projections(batch: int, classes: int, n: int, kind: str, like: torch.Tensor) -> list[torch.Tensor]:
+    """n projection matrices [B, C] (row i: sample i's vector v_p)."""
+    if kind == "random":
+        out = []
+        for _ in range(n):
+            v = torch.randn(batch, classes, device=like.device, dtype=like.dtype)
+            out.append(v / torch.linalg.vector_norm(v, dim=1, keepdim=True))
+        return out
+    basis, _ = torch.linalg.qr(torch.randn(classes, classes, device=like.device, dtype=like.dtype))
+    return [basis[:, p].expand(batch, classes) for p in range(n)]
