@@ -62,6 +62,31 @@ def test_training_learns_and_logs_every_epoch(small_train, mnist_mini_test, tmp_
     assert state["epoch"] == 3 and same_weights(state["model"], model.state_dict())
 
 
+def test_epoch_means_count_each_term_over_the_steps_that_logged_it(small_train):
+    """A term (or the accuracy from clean logits) logged at some steps only is averaged over those steps'
+    samples, not diluted by the others (pgd-at returns clean logits only at some settings, say)."""
+    seen: list[tuple[int, float, bool]] = []
+    correct: list[float] = []
+
+    def objective(model, x, y, **batch):
+        step = len(seen)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        odd = step % 2 == 1
+        seen.append((x.shape[0], float(step), odd))
+        if odd:
+            correct.append(float((logits.argmax(1) == y).sum()))
+        logs = {"always": 1.0, **({"odd": float(step)} if odd else {})}
+        return LossOutput(loss, logs, logits.detach() if odd else None)
+
+    history = cs.fit(mlp(), objective, small_train, **{**FAST, "epochs": 1, "batch_size": 64, "val_fraction": 0.0})
+    odd = [(n, v) for n, v, is_odd in seen if is_odd]
+    expected = sum(n * v for n, v in odd) / sum(n for n, _ in odd)
+    assert history[0]["always"] == pytest.approx(1.0) and history[0]["odd"] == pytest.approx(expected)
+    assert history[0]["accuracy"] == pytest.approx(sum(correct) / sum(n for n, _ in odd))
+    assert not any(k.startswith("n/") for k in history[0])
+
+
 def test_validation_split_is_held_out_and_fixed(small_train):
     seen: list[torch.Tensor] = []
 

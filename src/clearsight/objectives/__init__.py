@@ -58,8 +58,9 @@ def fill_budgets(name: str, options: Mapping[str, Any], dataset: str | None) -> 
     norm = options.get("norm", defaults.get("norm", "linf"))
     budgets = DATASETS.meta(dataset).get("train_eps", {}) if dataset in DATASETS else {}
     if norm not in budgets:
-        raise ConfigError(f"objective {name!r}: dataset {dataset!r} declares no {norm} training budget; give "
-                          f"{missing[0]} explicitly (--set objective.{missing[0]}=...)")
+        what = f"dataset {dataset!r} declares" if dataset in DATASETS else f"{dataset!r} is no registered dataset, so"
+        raise ConfigError(f"objective {name!r} needs {missing[0]}: {what} no {norm} training budget; give it "
+                          f"explicitly ({missing[0]}=... in Python, --set objective.{missing[0]}=... on the CLI)")
     return {**options, **dict.fromkeys(missing, budgets[norm])}
 
 
