@@ -85,13 +85,19 @@ def tiny_mlp() -> nn.Module:
     return build("mlp", num_classes=3, input_shape=(1, 4, 4), widths=[12, 12]).train()
 
 
+def declared_extras(name: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-sample extras objective `name` declares it reads (metadata `extras`), as random maps like x."""
+    return {key: torch.rand_like(x) - 0.5 for key in OBJECTIVES.meta(name).get("extras", {})}
+
+
 @pytest.mark.parametrize("name", OBJECTIVES.names())
 @pytest.mark.parametrize("progress", [None, 0.0, 0.7])
 def test_every_objective_returns_a_loss_that_reaches_every_parameter(name, progress):
     model = tiny_mlp()
     x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     before, x_copy = model_state(model), x.clone()
-    batch = {} if progress is None else {"progress": progress, "epoch": 0}
+    batch = {} if progress is None else {"progress": progress, "epoch": 0, "epochs": 2}
+    batch.update(declared_extras(name, x))
     out = build_objective(name, dataset="mnist-mini")(model, x, y, **batch)  # budgets: mnist's (eps 0.3)
     assert isinstance(out, LossOutput) and out.loss.dim() == 0 and bool(torch.isfinite(out.loss))
     assert out.logs and all(isinstance(v, float) for v in out.logs.values())

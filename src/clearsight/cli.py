@@ -78,7 +78,7 @@ def _run_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from clearsight import engine, objectives
-    from clearsight.runs import build_model, load_data, shapes
+    from clearsight.runs import build_model, input_files, load_data, shapes
 
     cfg = _run_config(args)
     train = load_data(cfg, "train")
@@ -87,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(cfg, num_classes=train.num_classes, input_shape=train.input_shape)
     objective = objectives.build(cfg.objective.name, **cfg.objective.options)
     doc = {**{k: v for k, v in cfg.to_dict().items() if k != "train"}, "shapes": shapes(train)}
+    if files := input_files(cfg):
+        doc["files"] = files
     out = Path(args.out)
     engine.fit(model, objective, train, out_dir=out, resume=args.resume, run_config=doc,
                **{k: getattr(cfg.train, k) for k in cfg.train.__dataclass_fields__})
@@ -134,6 +136,17 @@ def cmd_certify(args: argparse.Namespace) -> int:
     io.append_jsonl(target, rows)
     _print_rows(rows)
     print(f"results appended to {target}")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from clearsight import targets
+    from clearsight.modes import resolve_device
+
+    out = targets.compute(args.teacher, args.out, attribution=args.attribution, n=args.n, sigma=args.sigma,
+                          threshold=args.threshold, absolute=args.abs, seed=args.seed, batch_size=args.batch_size,
+                          device=resolve_device(args.device or "auto"))
+    print(f"target maps of {args.teacher} written to {out}; train with --objective ir --set objective.targets={out}")
     return 0
 
 
@@ -233,6 +246,33 @@ def parser() -> argparse.ArgumentParser:
     ce.add_argument("--out", help="JSON-lines file to append the rows to (default RUN_DIR/results.jsonl)")
     ce.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     ce.set_defaults(func=cmd_certify)
+
+    tg = sub.add_parser(
+        "targets", help="compute a teacher run's target maps for Interpretation Regularization (ir)",
+        description="Compute the target maps of TEACHER_RUN_DIR's model (Noack et al., arXiv 1912.03430) for the "
+                    "train and test splits of its dataset and write them, with the teacher's identity and every "
+                    "setting, to one safetensors file. Maps: SmoothGrad of the true-class logit over N noisy "
+                    "copies (clipped to [0, 1]) plus the clean image, then per map the entries farther than "
+                    "THRESHOLD standard deviations from its mean are kept and the rest zeroed.",
+        epilog="example:\n  clearsight train --dataset mnist-mini --objective pgd-at --set objective.norm=l2 "
+               "--out runs/teacher\n  clearsight targets runs/teacher --out runs/teacher/targets.safetensors\n"
+               "  clearsight train --dataset mnist-mini --objective ir --set objective.targets="
+               "runs/teacher/targets.safetensors --out runs/ir",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tg.add_argument("teacher", metavar="TEACHER_RUN_DIR")
+    tg.add_argument("--out", required=True, help="file to write (must not exist), e.g. targets.safetensors")
+    tg.add_argument("--attribution", default="smoothgrad", choices=["smoothgrad", "gradient"],
+                    help="smoothgrad (default, the paper's) or the plain gradient (a control)")
+    tg.add_argument("--n", type=int, default=50, help="noisy copies for smoothgrad (default 50)")
+    tg.add_argument("--sigma", type=float, default=0.15, help="noise std relative to the input range (default 0.15)")
+    tg.add_argument("--threshold", type=float, default=1.0,
+                    help="keep entries farther than this many standard deviations from the map's mean (default 1; "
+                         "0 keeps every entry)")
+    tg.add_argument("--abs", action="store_true", help="absolute gradients instead of signed ones (a control)")
+    tg.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    tg.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    tg.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    tg.set_defaults(func=cmd_targets)
     return p
 
 

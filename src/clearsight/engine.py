@@ -157,7 +157,7 @@ def _train_epoch(model: nn.Module, objective: Callable[..., LossOutput], optimiz
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, step, total)
         x, y = batch.pop("x"), batch.pop("y")
-        result = objective(model, x, y, progress=step / total, epoch=epoch, **batch)
+        result = objective(model, x, y, progress=step / total, epoch=epoch, epochs=cfg.epochs, **batch)
         _check_finite(result, epoch, i, out)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()

@@ -7,6 +7,7 @@ is read with `torch.load(weights_only=True)`, which refuses arbitrary pickled ob
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from clearsight.errors import CheckpointError
@@ -150,6 +151,26 @@ def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, to
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read weights {path}: {err}. The file is missing or corrupted") from err
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors of a safetensors file and its metadata (JSON values written by `save_weights`, decoded)."""
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no iterator)
+        return tensors, {k: json.loads(v) for k, v in raw.items()}
+    except (SafetensorError, OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"cannot read {path}: {err}. The file is missing, corrupted or not a safetensors "
+                              "file written by clearsight") from err
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_state(path: Path, state: Mapping[str, Any]) -> None:

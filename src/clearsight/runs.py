@@ -10,16 +10,36 @@ import torch
 from torch import nn
 
 from clearsight import data as data_mod
-from clearsight import io, models
+from clearsight import io, models, targets
 from clearsight.config import SECTIONS, RunConfig, resolve
 from clearsight.data.base import ArrayDataset
 from clearsight.errors import CheckpointError
+from clearsight.objectives import OBJECTIVES
 
 
 def load_data(cfg: RunConfig, split: str) -> ArrayDataset:
+    """Split `split` of the run's dataset, with the per-sample extras its objective reads from files attached
+    (objective metadata `extras`: extra name -> the option naming the file, e.g. ir's target maps)."""
     opts = dict(cfg.data.options)
     root, download = opts.pop("root", None), opts.pop("download", False)
-    return data_mod.load(cfg.data.name, split, root, download=download, **opts)
+    data = data_mod.load(cfg.data.name, split, root, download=download, **opts)
+    for extra, option in OBJECTIVES.meta(cfg.objective.name).get("extras", {}).items():
+        path = cfg.objective.options.get(option)
+        if path is not None:
+            data = EXTRA_FILES[extra](data, path)
+    return data
+
+
+def input_files(cfg: RunConfig) -> dict[str, str]:
+    """{"objective.<option>": sha256} of the files the objective's extras are read from, for config.yaml: a run
+    resumed with a changed file is refused like any other changed setting."""
+    options = OBJECTIVES.meta(cfg.objective.name).get("extras", {}).values()
+    return {f"objective.{opt}": io.sha256_file(Path(cfg.objective.options[opt])) for opt in options
+            if cfg.objective.options.get(opt) is not None}
+
+
+# how a per-sample extra that an objective declares is read from its file: extra name -> attach(data, path)
+EXTRA_FILES = {targets.EXTRA: targets.attach}
 
 
 def build_model(cfg: RunConfig, *, num_classes: int, input_shape: tuple[int, ...]) -> nn.Sequential:

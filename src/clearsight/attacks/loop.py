@@ -104,7 +104,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                stepper: Callable[[Ball], Stepper], restarts: int = 1, random_start: bool = True, loss: str = "ce",
                targeted: bool = False, target: torch.Tensor | str | None = None,
                generator: torch.Generator | None = None, keep: str = "worst",
-               start_sigma: float | None = None) -> torch.Tensor:
+               start_sigma: float | None = None, perturb_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Validate the inputs, then run `restarts` runs of `steps` steps; returns x_adv like x.
 
     Args:
@@ -118,6 +118,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
             do it; only with restarts=1).
         start_sigma: with `random_start`, start from x + start_sigma * N(0, I) (projected) instead of a uniform
             point of the ball (TRADES: 0.001).
+        perturb_mask: like x; the attack changes only the features where it is nonzero (SCAAT attacks outside
+            the saliency mask), the others stay exactly x.
     """
     check_inputs(x)
     check_labels(y, batch=x.shape[0])
@@ -133,7 +135,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     start = _start(random_start, start_sigma, generator)
     with attacking(model), channels_last(model, x):
         x, y = plain(x), plain(y)
-        ball = Ball(x, eps, norm)
+        ball = Ball(x, eps, norm, perturb_mask)
         goal = Goal(loss, _labels(model, x, y, targeted, target), targeted, _reference(model, x, loss))
         worst = _run(model, ball, goal, int(steps), stepper(ball), start, keep)
         if keep == "worst" and random_start:

@@ -49,8 +49,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.1
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.3, norm: str = "linf", steps: int = 40,
         step_size: float | None = None, restarts: int = 1, random_start: bool = True, loss: str = "ce",
         targeted: bool = False, target: torch.Tensor | str | None = None,
-        generator: torch.Generator | None = None, keep: str = "worst", start_sigma: float | None = None
-        ) -> torch.Tensor:
+        generator: torch.Generator | None = None, keep: str = "worst", start_sigma: float | None = None,
+        perturb_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient descent (Madry et al., arXiv 1706.06083).
 
     Each step moves `step_size` along sign(g) (linf) or g / ||g||_2 (l2) and projects onto the eps ball ∩
@@ -71,6 +71,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.3,
         keep: "worst" (the default, for evaluation) or "last": the last iterate, unscored, as adversarial
             training uses it (Madry et al.; saves two forward passes; restarts must be 1).
         start_sigma: start from x + start_sigma * N(0, I) instead of a uniform point of the ball (TRADES: 0.001).
+        perturb_mask: like x; only features where it is nonzero are perturbed (the rest stay exactly x): the
+            eps ball of the free features (SCAAT's attack outside the saliency mask).
 
     Returns:
         x_adv like x, with ||x_adv - x|| <= eps and 0 <= x_adv <= 1.
@@ -82,4 +84,4 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.3,
     return run_attack(model, x, y, eps=eps, norm=norm, steps=steps,
                       stepper=partial(fixed_step, step_size=float(step_size)), restarts=restarts,
                       random_start=random_start, loss=loss, targeted=targeted, target=target, generator=generator,
-                      keep=keep, start_sigma=start_sigma)
+                      keep=keep, start_sigma=start_sigma, perturb_mask=perturb_mask)

@@ -4,7 +4,7 @@ An objective is a plain function `fn(model, x, y, *, option=default, ..., **batc
 options against its keyword-only parameters and returns `functools.partial(fn, **options)`, so the options
 it was built with stay inspectable (`.func`, `.keywords`) and are recorded in the run's config. `batch` carries
 per-sample extras from the dataset (e.g. `mask`) and the engine's `progress` (fraction of training done, for
-ramps) and `epoch`.
+ramps), `epoch` (0-based) and `epochs` (the run's total).
 
 Budgets that depend on the data: an objective's metadata `budgets` names the options (its `eps`) whose default
 None means "the dataset's training budget" (dataset metadata `train_eps`, per norm: MNIST linf 0.3, CIFAR-10
@@ -22,8 +22,10 @@ from clearsight.errors import ConfigError
 from clearsight.objectives import (  # noqa: F401  (registers)
     certified,
     input_gradient,
+    ir,
     jacobian,
     pgd_at,
+    scaat,
     standard,
     trades,
 )

@@ -26,12 +26,14 @@ def budget(eps: float | None, objective: str) -> float:
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
-                         step_size: float | None, loss: str = "ce", start_sigma: float | None = None) -> torch.Tensor:
+                         step_size: float | None, loss: str = "ce", start_sigma: float | None = None,
+                         perturb_mask: torch.Tensor | None = None) -> torch.Tensor:
     """x_adv [B, ...] for a training step: the last PGD iterate, detached; x itself when eps is 0 (no attack).
 
-    `step_size` None is pgd's 2.5 * eps / steps, which follows eps along a ramp.
+    `step_size` None is pgd's 2.5 * eps / steps, which follows eps along a ramp; `perturb_mask` (like x)
+    confines the attack to the features where it is nonzero.
     """
     if eps == 0.0:
         return x.detach()
     return pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, loss=loss, keep="last",
-               start_sigma=start_sigma)
+               start_sigma=start_sigma, perturb_mask=perturb_mask)

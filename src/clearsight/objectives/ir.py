@@ -1,0 +1,67 @@
+"""Interpretation Regularization (Noack et al., arXiv 1912.03430) [paper + code]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clearsight.checks import check_radius
+from clearsight.errors import ConfigError, DataError
+from clearsight.objectives.base import OBJECTIVES, LossOutput
+
+MAGNITUDES = ("batch_frobenius", "mean_l2")
+
+
+@OBJECTIVES.register("ir", needs_double_backprop=True, paper="arXiv 1912.03430",
+                     standard_at=({"lambda_cs": 0.0, "lambda_gm": 0.0},), extras={"target_map": "targets"},
+                     description="CE + lambda_cs * (1 - cos(input gradient, target map)) + lambda_gm * "
+                                 "gradient magnitude (Interpretation Regularization, Noack et al.)")
+def ir(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lambda_cs: float = 3.0, lambda_gm: float = 0.15,
+       magnitude: str = "batch_frobenius", targets: str | None = None, **batch: object) -> LossOutput:
+    """CE + lambda_cs * (1 - mean_i cos(g_i, r_i)) + lambda_gm * ||g|| (Noack et al., arXiv 1912.03430).
+
+    g_i = d z_y / d x_i is the signed input gradient of the true-class logit, taken with create_graph=True (one
+    vector-Jacobian product; the penalty is then differentiated once more), in the mode the engine set (the
+    authors' code differentiates the training-mode network). r_i is sample i's target map, the batch extra
+    `target_map`: the SmoothGrad map of a robust teacher (`clearsight targets`, which writes the file named by
+    `targets`; the run loader attaches its maps to the data, so they follow every split and shuffle). The
+    cosine of a zero map is 0.
+
+    Args:
+        lambda_cs: weight of the cosine term (authors, MNIST: 3; CIFAR-10: 0.75).
+        lambda_gm: weight of the magnitude term (authors, MNIST: 0.15; CIFAR-10: 0.005).
+        magnitude: "batch_frobenius", one Frobenius norm of g over the whole batch as in the authors' code (it
+            grows with sqrt(batch size), so lambda_gm is tied to their batch of 50), or "mean_l2", the mean of the
+            per-sample l2 norms (independent of the batch size).
+        targets: the target-map file (`clearsight targets TEACHER --out FILE`); read by the run loader, not here.
+
+    Returns:
+        LossOutput with logs ce, cos (the batch mean cosine), magnitude and the clean logits. With both weights
+        0 the loss is exactly `standard`'s (no target maps needed).
+    """
+    check_radius(lambda_cs, "lambda_cs")
+    check_radius(lambda_gm, "lambda_gm")
+    if magnitude not in MAGNITUDES:
+        raise ConfigError(f"ir magnitude must be one of {', '.join(MAGNITUDES)}, got {magnitude!r}")
+    if lambda_cs == 0.0 and lambda_gm == 0.0:
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        return LossOutput(ce, {"ce": float(ce.detach()), "cos": 0.0, "magnitude": 0.0}, logits.detach())
+    reference = batch.get("target_map")
+    if not isinstance(reference, torch.Tensor):
+        raise DataError("objective 'ir' needs target maps: compute them with `clearsight targets TEACHER_RUN --out "
+                        "FILE` and train with --set objective.targets=FILE (in Python: attach them with "
+                        "clearsight.targets.attach(dataset, FILE))")
+    if reference.shape != x.shape:
+        raise DataError(f"ir target maps have shape {tuple(reference.shape)}, the inputs {tuple(x.shape)}")
+    x = x.detach().requires_grad_(True)  # a leaf of our own: the caller's x is never marked or modified
+    logits = model(x)
+    ce = F.cross_entropy(logits, y)
+    (g,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), x, create_graph=True)
+    flat = g.flatten(1)
+    cos = F.cosine_similarity(flat, reference.flatten(1).to(flat.dtype), dim=1, eps=1e-12).mean()
+    size = flat.norm() if magnitude == "batch_frobenius" else flat.norm(dim=1).mean()
+    loss = ce + lambda_cs * (1.0 - cos) + lambda_gm * size
+    logs = {"ce": float(ce.detach()), "cos": float(cos.detach()), "magnitude": float(size.detach())}
+    return LossOutput(loss, logs, logits.detach())
