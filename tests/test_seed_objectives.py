@@ -249,3 +249,71 @@ def test_scaat_attacks_only_outside_the_saliency_mask_and_follows_its_warmup(mon
     assert obj(model, x, y).logs["eps"] == 0.2  # outside fit: the final eps
     with pytest.raises(ConfigError, match="keep_mass"):
         objectives.build("scaat", eps=0.2, keep_mass=1.5)(model, x, y)
+
+
+# ---------------------------------------------------------------- consistency-at
+
+def test_consistency_distance_is_zero_at_the_clean_point_and_literal_otherwise():
+    from clearsight.objectives.consistency import feature_distance
+
+    a, b = torch.randn(5, 7), torch.randn(5, 7)
+    literal = torch.stack([(a[i] / a[i].norm() - b[i] / b[i].norm()).pow(2).sum() for i in range(5)])
+    torch.testing.assert_close(feature_distance(a, b, "l2sq"), literal)
+    torch.testing.assert_close(feature_distance(a, b, "cosine"), literal / 2)
+    torch.testing.assert_close(feature_distance(a, 3 * a, "l2sq"), torch.zeros(5), atol=1e-6, rtol=0)
+    torch.manual_seed(8)
+    model = build("small-cnn", num_classes=3, input_shape=(1, 8, 8), hidden=16, dropout=0.0).train()
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    out = objectives.build("consistency-at", eps=0.0)(model, x, y)  # x_adv = x
+    assert out.logs["distance"] == pytest.approx(0.0, abs=1e-6) and out.logs["ce_adv"] == pytest.approx(out.logs["ce"])
+
+
+@pytest.mark.parametrize("attack", ["pgd", "fgsm", "least-likely"])
+def test_consistency_at_reads_the_layer_a_manual_forward_computes(attack, monkeypatch):
+    torch.manual_seed(9)
+    model = build("small-cnn", num_classes=3, input_shape=(1, 8, 8), hidden=16, dropout=0.0).train()
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    from clearsight.objectives import adversarial
+
+    made = {}
+    original = adversarial.adversarial_examples
+
+    def spy(*args, **kwargs):
+        made["x_adv"] = original(*args, **kwargs)
+        return made["x_adv"]
+
+    monkeypatch.setattr("clearsight.objectives.consistency.adversarial_examples", spy)
+    out = objectives.build("consistency-at", eps=0.2, steps=3, alpha=0.5, lam=2.0, attack=attack)(model, x, y)
+    x_adv = made["x_adv"]
+    assert float((x_adv - x).abs().max()) <= 0.2 + 1e-6 and not torch.equal(x_adv, x)
+    phi, phi_adv = model.penultimate(model.features(x)), model.penultimate(model.features(x_adv))  # by hand
+    literal = (F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(model(x_adv), y)
+               + 2.0 * ((F.normalize(phi, dim=1) - F.normalize(phi_adv, dim=1)) ** 2).sum(1).mean())
+    torch.testing.assert_close(out.loss, literal)
+    for a, b in zip(param_grads(out.loss, model), param_grads(literal, model), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert all(not m._forward_hooks for m in model.modules())  # the capture hook is gone
+    if attack == "least-likely":  # targeted at the lowest clean logit: that class's logit went up
+        with torch.no_grad(), cs.modes.eval_mode(model):
+            low = model(x).argmin(1)
+            assert bool((model(x_adv).gather(1, low[:, None]) > model(x).gather(1, low[:, None])).all())
+
+
+class FailsOnBigBatches(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 4:
+            raise RuntimeError("boom")
+        return x
+
+
+def test_consistency_at_removes_its_hook_after_an_error():
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict([("flatten", nn.Flatten()), ("penultimate", nn.Linear(16, 8)),
+                                       ("boom", FailsOnBigBatches()), ("logits", nn.Linear(8, 3))]))
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 1])
+    with pytest.raises(RuntimeError, match="boom"):  # the attack (batch 4) runs, the joint forward (8) fails
+        objectives.build("consistency-at", eps=0.1, steps=1)(model, x, y)
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(ConfigError, match="no layer 'nope'"):
+        objectives.build("consistency-at", eps=0.1, steps=1, layer="nope")(model, x, y)

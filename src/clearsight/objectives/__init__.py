@@ -21,6 +21,7 @@ from typing import Any
 from clearsight.errors import ConfigError
 from clearsight.objectives import (  # noqa: F401  (registers)
     certified,
+    consistency,
     input_gradient,
     ir,
     jacobian,
