@@ -317,3 +317,71 @@ def test_consistency_at_removes_its_hook_after_an_error():
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(ConfigError, match="no layer 'nope'"):
         objectives.build("consistency-at", eps=0.1, steps=1, layer="nope")(model, x, y)
+
+
+# ---------------------------------------------------------------- activation-sensitivity
+
+def tiny_mlp3() -> nn.Module:
+    torch.manual_seed(11)
+    return build("mlp", num_classes=3, input_shape=(1, 3, 3), widths=[6, 5, 4]).eval()
+
+
+def literal_activation_penalty(model: nn.Module, x: torch.Tensor, mode: str, k: int) -> torch.Tensor:
+    """The sampled units drawn as the objective draws them, one autograd.grad per unit, gradients summed."""
+    f = model.features
+    xi = x.clone().requires_grad_(True)
+    h1 = f.relu1(f.fc1(xi.flatten(1)))
+    h2 = f.relu2(f.fc2(h1))
+    h3 = f.relu3(f.fc3(h2))
+    total = torch.zeros_like(xi)
+    for h in (h2, h3):  # the default layers: every ReLU after the first
+        if mode == "units":
+            for u in torch.randperm(h.shape[1])[:k].tolist():
+                (g,) = torch.autograd.grad(h[:, u].sum(), xi, create_graph=True)
+                total = total + g
+        else:
+            v = torch.randn(h.shape[1])
+            v = v / v.norm()
+            (g,) = torch.autograd.grad((h @ v).sum(), xi, create_graph=True)
+            total = total + g
+    return total.flatten(1).pow(2).sum(1).mean()
+
+
+@pytest.mark.parametrize("mode", ["units", "projection"])
+def test_activation_sensitivity_equals_a_literal_loop_over_sampled_units(mode):
+    model = tiny_mlp3()
+    x, y = torch.rand(5, 1, 3, 3), torch.tensor([0, 1, 2, 2, 1])
+    assert cs.neurons.relu_layers(model) == ["features.relu2", "features.relu3"]
+    torch.manual_seed(5)
+    out = objectives.build("activation-sensitivity", lam=0.7, units=3, mode=mode)(model, x, y)
+    torch.manual_seed(5)
+    literal = F.cross_entropy(model(x), y) + 0.7 * literal_activation_penalty(model, x, mode, 3)
+    torch.testing.assert_close(out.loss, literal)
+    for a, b in zip(param_grads(out.loss, model), param_grads(literal, model), strict=True):
+        torch.testing.assert_close(a, b)
+    torch.manual_seed(5)  # the reusable per-sample quantity is the same penalty
+    per_sample = cs.neurons.activation_sensitivity(model, x, units=3, mode=mode)
+    torch.manual_seed(5)
+    torch.testing.assert_close(per_sample.mean(), literal_activation_penalty(model, x, mode, 3).detach())
+    assert not per_sample.requires_grad and all(p.requires_grad for p in model.parameters())
+
+
+def test_activation_sensitivity_with_jacobian_and_hooks_after_errors():
+    from collections import OrderedDict
+
+    model = tiny_mlp3()
+    x, y = torch.rand(5, 1, 3, 3), torch.tensor([0, 1, 2, 2, 1])
+    torch.manual_seed(6)
+    both = objectives.build("activation-sensitivity", lam=0.0, with_jacobian=0.4)(model, x, y)
+    torch.manual_seed(6)
+    jac = objectives.build("jacobian", lam=0.4)(model, x, y)
+    torch.testing.assert_close(both.loss, jac.loss)  # lam 0: exactly the jacobian objective
+    broken = nn.Sequential(OrderedDict([("flatten", nn.Flatten()), ("penultimate", nn.Linear(9, 8)),
+                                        ("relu", nn.ReLU()), ("boom", FailsOnBigBatches()),
+                                        ("logits", nn.Linear(8, 3))]))
+    with pytest.raises(RuntimeError, match="boom"):
+        objectives.build("activation-sensitivity", layers=["relu"])(broken, x, y)  # batch 5 fails after relu
+    assert all(not m._forward_hooks for m in broken.modules())
+    with pytest.raises(ConfigError, match="cannot sample 9 units"):
+        objectives.build("activation-sensitivity", units=9)(model, x, y)
+    assert all(not m._forward_hooks for m in model.modules())

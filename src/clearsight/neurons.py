@@ -123,3 +123,72 @@ def unit_sensitivity(model: nn.Module, x: torch.Tensor, *, layer: str | nn.Modul
             norms.append(torch.linalg.vector_norm(grad.flatten(1), dim=1))
         result = torch.stack(norms, dim=1)
     return result if create_graph else result.detach()
+
+
+MODES = ("units", "projection")
+
+
+def relu_layers(model: nn.Module) -> list[str]:
+    """Names of the model's nn.ReLU modules after the first (the default layers of activation sensitivity), or
+    the only one when there is a single ReLU."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    if not names:
+        raise ConfigError("the model has no nn.ReLU module; name the layers to regularize explicitly")
+    return names[1:] or names
+
+
+def sampled_sum(activations: Sequence[torch.Tensor], *, units: int = 8, mode: str = "units",
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """s [B]: per sample, the sum over the layers of `units` sampled activations ("units", the same units for
+    the batch) or of one random unit-norm projection of the whole layer ("projection").
+
+    Units and directions are drawn on the CPU from `generator` (the same draw on every device), layer by layer
+    in the order given.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    total: torch.Tensor | None = None
+    for a in activations:
+        flat = a.flatten(1)
+        if mode == "units":
+            part = flat[:, sample_units(flat.shape[1], units, generator=generator, device=flat.device)].sum(1)
+        else:
+            v = torch.randn(flat.shape[1], generator=generator, dtype=flat.dtype)
+            part = flat @ (v / torch.linalg.vector_norm(v)).to(flat.device)
+        total = part if total is None else total + part
+    if total is None:
+        raise ConfigError("no layers to sample activations from")
+    return total
+
+
+def activation_sensitivity(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str] | None = None,
+                           units: int = 8, mode: str = "units", generator: torch.Generator | None = None,
+                           create_graph: bool = False) -> torch.Tensor:
+    """||d s / d x_i||_2^2 per sample [B], s = `sampled_sum` of the activations of `layers` (Moshe et al., arXiv
+    2211.08686 [recon]): what the activation-sensitivity objective penalizes, one forward and one backward.
+
+    Args:
+        layers: layer names (`clearsight.models.get_layer`); None -> `relu_layers(model)`.
+        create_graph: keep the graph so a loss of the result reaches the parameters; otherwise the parameters
+            are frozen for the call (flags restored) and the result is detached.
+    """
+    check_inputs(x)
+    names = list(layers) if layers is not None else relu_layers(model)
+    freeze = frozen_parameters(model) if not create_graph else nullcontext()
+    with freeze, torch.inference_mode(False), torch.enable_grad():
+        xi = x.detach().clone().requires_grad_()
+        with capture(model, names) as acts:
+            model(xi)
+        result = sensitivity_from(xi, [acts[n][0] for n in names], units=units, mode=mode, generator=generator,
+                                  create_graph=create_graph)
+    return result if create_graph else result.detach()
+
+
+def sensitivity_from(x: torch.Tensor, activations: Sequence[torch.Tensor], *, units: int = 8, mode: str = "units",
+                     generator: torch.Generator | None = None, create_graph: bool = False) -> torch.Tensor:
+    """||d s / d x_i||_2^2 [B] for activations already computed from the leaf `x` (a forward pass the caller made,
+    e.g. the training loss's own): `activation_sensitivity` without its forward pass."""
+    s = sampled_sum(activations, units=units, mode=mode, generator=generator)
+    (grad,) = torch.autograd.grad(s.sum(), x, create_graph=create_graph, retain_graph=True, allow_unused=True,
+                                  materialize_grads=True)
+    return grad.flatten(1).pow(2).sum(1)

@@ -20,6 +20,7 @@ from typing import Any
 
 from clearsight.errors import ConfigError
 from clearsight.objectives import (  # noqa: F401  (registers)
+    activation,
     certified,
     consistency,
     input_gradient,

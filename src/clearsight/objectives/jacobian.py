@@ -48,17 +48,22 @@ def jacobian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float =
     x = x.detach().requires_grad_(True)  # a leaf of our own: the caller's x is never marked or modified
     logits = model(x)
     ce = F.cross_entropy(logits, y)
+    frobenius = frobenius_estimate(logits, x, n_proj=n_proj, projections=projections)
+    logs = {"ce": float(ce.detach()), "jacobian": float(frobenius.detach())}
+    return LossOutput(ce + lam / 2 * frobenius, logs, logits.detach())
+
+
+def frobenius_estimate(logits: torch.Tensor, x: torch.Tensor, *, n_proj: int = 1,
+                       projections: str = "random") -> torch.Tensor:
+    """C / n_proj * sum_p ||v_p^T J(x)||^2 / B, with graph (create_graph=True), for logits [B, C] computed from x."""
     batch_size, classes = logits.shape
     if projections == "orthonormal" and n_proj > classes:
         raise ConfigError(f"jacobian: {n_proj} orthonormal projections but only {classes} classes")
-    vs = _projections(batch_size, classes, n_proj, projections, logits)
-    frobenius = logits.new_zeros(())
-    for v in vs:
+    total = logits.new_zeros(())
+    for v in _projections(batch_size, classes, n_proj, projections, logits):
         (vjp,) = torch.autograd.grad(logits, x, grad_outputs=v, create_graph=True, retain_graph=True)
-        frobenius = frobenius + vjp.pow(2).sum()
-    frobenius = frobenius * (classes / (n_proj * batch_size))
-    logs = {"ce": float(ce.detach()), "jacobian": float(frobenius.detach())}
-    return LossOutput(ce + lam / 2 * frobenius, logs, logits.detach())
+        total = total + vjp.pow(2).sum()
+    return total * (classes / (n_proj * batch_size))
 
 
 def _projections(batch: int, classes: int, n: int, kind: str, like: torch.Tensor) -> list[torch.Tensor]:
