@@ -29,13 +29,13 @@ def _shared_datasets() -> Path | None:
     return None
 
 
-SHARED = _shared_datasets()
+_SHARED = _shared_datasets()
 SKIP_REASON = ("needs the real files of ../shared/datasets (MNIST t10k, train5k); set CLEARSIGHT_SHARED_DATA "
                "to that folder to run it")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("shared_data") is not None and SHARED is None:
+    if item.get_closest_marker("shared_data") is not None and _SHARED is None:
         pytest.skip(SKIP_REASON)
 
 
@@ -44,8 +44,8 @@ def shared_data(request: pytest.FixtureRequest) -> Path:
     # only marked tests may read the folder, so the default run can never come to depend on it unseen
     if request.node.get_closest_marker("shared_data") is None:
         raise RuntimeError(f"{request.node.nodeid} uses shared_data without @pytest.mark.shared_data")
-    assert SHARED is not None  # unmarked use raised above; marked tests were skipped in setup
-    return SHARED
+    assert _SHARED is not None  # unmarked use raised above; marked tests were skipped in setup
+    return _SHARED
 
 
 @pytest.fixture(autouse=True)

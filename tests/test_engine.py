@@ -69,6 +69,8 @@ def test_epoch_means_count_each_term_over_the_steps_that_logged_it(small_train):
     correct: list[float] = []
 
     def objective(model, x, y, **batch):
+        if batch["progress"] == 1.0:  # fit's check call before training (no training step is at progress 1)
+            return cs.objectives.build("standard")(model, x, y)
         step = len(seen)
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
@@ -87,11 +89,35 @@ def test_epoch_means_count_each_term_over_the_steps_that_logged_it(small_train):
     assert not any(k.startswith("n/") for k in history[0])
 
 
+def test_fit_checks_the_objective_before_writing_anything(small_train, tmp_path, monkeypatch):
+    calls: list[tuple[bool, float]] = []
+
+    def objective(model, x, y, **batch):
+        calls.append((model.training, batch["progress"]))
+        return cs.objectives.build("pgd-at", eps=0.1, steps=2, norm="l1")(model, x, y, **batch)  # a wrong norm
+
+    with pytest.raises(ConfigError, match="unknown norm 'l1'"):
+        cs.fit(mlp(), objective, small_train, out_dir=tmp_path / "run", **FAST)
+    assert calls == [(False, 1.0)] and not (tmp_path / "run").exists()  # one eval-mode call, nothing written
+    with pytest.raises(DataError, match="no extra 'mask'"):
+        cs.fit(mlp(), cs.objectives.build("input-gradient", explanation_mask="mask"), small_train,
+               out_dir=tmp_path / "run", **FAST)
+    assert not (tmp_path / "run").exists()
+    # the check leaves the run as it would be without it (RNG restored, no state changed)
+    a, b = mlp(), mlp()
+    objective = cs.objectives.build("pgd-at", eps=0.1, steps=3)
+    cs.fit(a, objective, small_train, **{**FAST, "epochs": 1})
+    monkeypatch.setattr(cs.engine, "_check_objective", lambda *args: None)
+    cs.fit(b, objective, small_train, **{**FAST, "epochs": 1})
+    assert same_weights(a.state_dict(), b.state_dict())
+
+
 def test_validation_split_is_held_out_and_fixed(small_train):
     seen: list[torch.Tensor] = []
 
     def recording(model, x, y, **batch):
-        seen.append(x.flatten(1))
+        if batch["progress"] < 1.0:  # not fit's check call before training
+            seen.append(x.flatten(1))
         return cs.objectives.build("standard")(model, x, y)
 
     cs.fit(mlp(), recording, small_train, **{**FAST, "epochs": 1})

@@ -92,7 +92,7 @@ class RunState:
 
 @dataclasses.dataclass
 class Batches:
-    """This process's share of the shuffled training data, batch by batch, with the lr schedule's clock."""
+    """This process's share of the shuffled training data, batch by batch (the epoch seeds the shuffle)."""
 
     data: ArrayDataset
     sampler: DistributedSampler
@@ -119,6 +119,7 @@ def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDat
     train, val = _split(train, val_ds, cfg)
     model.to(device)
     _check_model_fits(model, train, device)
+    _check_objective(model, objective, train, device, cfg.epochs)
     doc = {**run_config, "objective": run_config.get("objective", describe(objective)),
            "train": dataclasses.asdict(cfg)}
     torch.manual_seed(cfg.seed + world.rank)
@@ -203,6 +204,20 @@ def _check_model_fits(model: nn.Module, train: ArrayDataset, device: torch.devic
     check_labels(train.y, num_classes=out.shape[1], name=f"{train.name or 'training'} labels")
 
 
+def _check_objective(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDataset,
+                     device: torch.device, epochs: int) -> None:
+    """Call the objective once on two training samples, as at the end of training (full radii), before anything
+    is written: a wrong option or a missing extra then fails here, not after config.yaml and checkpoints exist.
+    Eval mode, RNG state restored, no backward: the run itself is unchanged by it."""
+    batch = {k: v.to(device) for k, v in train.batch(torch.arange(min(2, len(train)))).items()}
+    x, y = batch.pop("x"), batch.pop("y")
+    devices = [device] if device.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
+        result = objective(model, x, y, progress=1.0, epoch=epochs - 1, epochs=epochs, **batch)
+    if not isinstance(result, LossOutput) or result.loss.dim() != 0:
+        raise ConfigError(f"the objective must return a LossOutput with a scalar loss; it returned {result!r:.200}")
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -222,15 +237,15 @@ def _check_finite(result: LossOutput, epoch: int, step: int, out: Path | None) -
 
 
 def _accumulate(sums: dict[str, float], result: LossOutput, y: torch.Tensor) -> None:
-    """Add a step's terms, weighted by its batch size; each term keeps its own sample count ("n/<term>"), so a
-    term logged at some steps only (the accuracy of an objective that returns clean logits at some steps)
-    is averaged over those steps' samples."""
+    """Add a step's terms, weighted by its batch size, and its correct predictions; each term keeps its own
+    sample count ("n/<term>"), so a term logged at some steps only (the accuracy of an objective that returns
+    clean logits at some steps) is averaged over those steps' samples."""
     n = float(y.shape[0])
-    terms = {"loss": float(result.loss.detach()), **{k: float(v) for k, v in result.logs.items()}}
+    terms = {"loss": float(result.loss.detach()) * n, **{k: float(v) * n for k, v in result.logs.items()}}
     if result.logits is not None:
-        terms["accuracy"] = float((result.logits.argmax(1) == y).float().mean())
+        terms["accuracy"] = float((result.logits.argmax(1) == y).sum())  # a count: exact, like the old sums
     for key, value in terms.items():
-        sums[key] = sums.get(key, 0.0) + value * n
+        sums[key] = sums.get(key, 0.0) + value
         sums[f"n/{key}"] = sums.get(f"n/{key}", 0.0) + n
 
 

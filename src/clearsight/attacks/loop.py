@@ -4,7 +4,8 @@ Each iteration makes exactly one forward and one backward pass at the current it
 gradient into the next iterate (a fixed step for fgsm/pgd, the step-size schedule and momentum of apgd). The
 loop keeps per sample the worst case found over x itself, all iterates and restarts: an iterate that succeeds
 (is misclassified, or hits the target class) beats one that does not, and among equals the higher loss wins.
-The final iterate is scored with one extra forward pass, and so is x when the run starts at a random point.
+The final iterate is scored with one extra forward pass, and so is x when the run starts at a random point
+(with keep="last", for adversarial training, neither: the last iterate is returned as it is).
 Restarts after the first attack only the samples no run has broken yet.
 
 While attacking, the model is in eval mode and its parameters are frozen (no weight-gradient work); on CPU, a
@@ -128,8 +129,11 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     if keep not in ("worst", "last") or (keep == "last" and restarts != 1):
         raise ConfigError(f"keep must be 'worst', or 'last' with restarts=1; got keep={keep!r}, restarts={restarts}")
     get_loss(loss)  # unknown names fail before any work
-    if loss in REFERENCE_LOSSES and targeted:
-        raise ConfigError(f"the {loss!r} loss measures the change from the clean prediction; it has no targeted form")
+    if loss in REFERENCE_LOSSES and (targeted or not random_start):
+        # at x itself the divergence is at its minimum: its gradient is rounding noise, and a step along its sign
+        # (fgsm, or pgd's first step from x) is a random step
+        raise ConfigError(f"the {loss!r} loss measures the change from the clean prediction: it has no targeted "
+                          "form and needs a random start (pgd with random_start=True, e.g. start_sigma=0.001)")
     if start_sigma is not None and not (random_start and float(start_sigma) >= 0):
         raise ConfigError(f"start_sigma needs random_start=True and a value >= 0, got {start_sigma!r}")
     start = _start(random_start, start_sigma, generator)

@@ -24,7 +24,7 @@ from torch import nn
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 from clearsight.neurons import MODES, capture, relu_layers, sensitivity_from
-from clearsight.objectives.base import OBJECTIVES, LossOutput
+from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 from clearsight.objectives.jacobian import frobenius_estimate
 
 
@@ -54,9 +54,7 @@ def activation_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     if mode not in MODES:
         raise ConfigError(f"activation-sensitivity mode must be one of {', '.join(MODES)}, got {mode!r}")
     if lam == 0.0 and with_jacobian == 0.0:
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
-        return LossOutput(ce, {"ce": float(ce.detach()), "sensitivity": 0.0, "jacobian": 0.0}, logits.detach())
+        return cross_entropy_only(model, x, y, sensitivity=0.0, jacobian=0.0)
     names = list(layers) if layers is not None else relu_layers(model)
     x = x.detach().requires_grad_(True)  # a leaf of our own: the caller's x is never marked or modified
     with capture(model, names) as acts:  # hooks for this forward pass only, removed also on error

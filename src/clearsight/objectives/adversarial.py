@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clearsight.attacks.ball import NORMS
 from clearsight.attacks.pgd import fgsm, pgd
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
@@ -29,6 +30,23 @@ def budget(eps: float | None, objective: str) -> float:
                           "with dataset=NAME (clearsight.objectives.build, clearsight.fit and run configs do) to "
                           "use that dataset's training budget")
     return float(check_radius(eps, "eps"))
+
+
+def attack_options(objective: str, eps: float | None, *, norm: str, steps: int, step_size: float | None,
+                   attack: str = "pgd") -> float:
+    """Check the in-step attack's options at every call, before any ramp (an option that is wrong would otherwise
+    pass while eps is still 0 and fail later in training); returns the final eps."""
+    final = budget(eps, objective)
+    if norm not in NORMS:
+        raise ConfigError(f"objective {objective!r}: unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"objective {objective!r}: steps must be an integer >= 1, got {steps!r}")
+    if step_size is not None:
+        check_radius(step_size, "step_size")
+    if attack not in ATTACKS_IN_STEP:
+        raise ConfigError(f"objective {objective!r}: attack must be one of {', '.join(ATTACKS_IN_STEP)}, got "
+                          f"{attack!r}")
+    return final
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,

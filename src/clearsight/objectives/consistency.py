@@ -22,8 +22,8 @@ from torch import nn
 
 from clearsight.errors import ConfigError
 from clearsight.neurons import capture
-from clearsight.objectives.adversarial import ATTACKS_IN_STEP, adversarial_examples, budget
-from clearsight.objectives.base import OBJECTIVES, LossOutput
+from clearsight.objectives.adversarial import adversarial_examples, attack_options
+from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 from clearsight.objectives.schedule import check_schedule, ramped
 
 DISTANCES = ("l2sq", "cosine")
@@ -64,14 +64,10 @@ def consistency_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha:
     check_schedule(warmup, ramp, alpha=alpha, lam=lam)
     if distance not in DISTANCES:
         raise ConfigError(f"consistency-at distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
-    if attack not in ATTACKS_IN_STEP:
-        raise ConfigError(f"consistency-at attack must be one of {', '.join(ATTACKS_IN_STEP)}, got {attack!r}")
+    final = attack_options("consistency-at", eps, norm=norm, steps=steps, step_size=step_size, attack=attack)
     if alpha == 0.0 and lam == 0.0:
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
-        logs = {"ce": float(ce.detach()), "ce_adv": 0.0, "distance": 0.0, "eps": 0.0}
-        return LossOutput(ce, logs, logits.detach())
-    eps_t = ramped(budget(eps, "consistency-at"), batch.get("progress"), warmup=warmup, ramp=ramp)
+        return cross_entropy_only(model, x, y, ce_adv=0.0, distance=0.0, eps=0.0)
+    eps_t = ramped(final, batch.get("progress"), warmup=warmup, ramp=ramp)
     x_adv = adversarial_examples(model, x, y, eps=eps_t, norm=norm, steps=steps, step_size=step_size,
                                  attack=attack)
     with capture(model, [layer]) as acts:

@@ -9,7 +9,7 @@ from torch import nn
 
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError, DataError
-from clearsight.objectives.base import OBJECTIVES, LossOutput
+from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 
 GRADIENT_OF = ("ce", "log_probs")
 
@@ -45,9 +45,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: f
         raise ConfigError(f"input-gradient gradient_of must be one of {', '.join(GRADIENT_OF)}, got {gradient_of!r}")
     mask = _mask(batch, explanation_mask, x)
     if lam == 0.0:
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
-        return LossOutput(ce, {"ce": float(ce.detach()), "grad_penalty": 0.0}, logits.detach())
+        return cross_entropy_only(model, x, y, grad_penalty=0.0)
     x = x.detach().requires_grad_(True)  # a leaf of our own: the caller's x is never marked or modified
     logits = model(x)
     ce_each = F.cross_entropy(logits, y, reduction="none")

@@ -8,7 +8,7 @@ from torch import nn
 
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError, DataError
-from clearsight.objectives.base import OBJECTIVES, LossOutput
+from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 
 MAGNITUDES = ("batch_frobenius", "mean_l2")
 
@@ -45,9 +45,7 @@ def ir(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lambda_cs: float =
     if magnitude not in MAGNITUDES:
         raise ConfigError(f"ir magnitude must be one of {', '.join(MAGNITUDES)}, got {magnitude!r}")
     if lambda_cs == 0.0 and lambda_gm == 0.0:
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
-        return LossOutput(ce, {"ce": float(ce.detach()), "cos": 0.0, "magnitude": 0.0}, logits.detach())
+        return cross_entropy_only(model, x, y, cos=0.0, magnitude=0.0)
     reference = batch.get("target_map")
     if not isinstance(reference, torch.Tensor):
         raise DataError("objective 'ir' needs target maps: compute them with `clearsight targets TEACHER_RUN --out "

@@ -8,7 +8,7 @@ from torch import nn
 
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
-from clearsight.objectives.base import OBJECTIVES, LossOutput
+from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 
 PROJECTIONS = ("random", "orthonormal")
 
@@ -42,9 +42,7 @@ def jacobian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float =
     if isinstance(n_proj, bool) or not isinstance(n_proj, int) or n_proj < 1:
         raise ConfigError(f"jacobian n_proj must be an integer >= 1, got {n_proj!r}")
     if lam == 0.0:
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
-        return LossOutput(ce, {"ce": float(ce.detach()), "jacobian": 0.0}, logits.detach())
+        return cross_entropy_only(model, x, y, jacobian=0.0)
     x = x.detach().requires_grad_(True)  # a leaf of our own: the caller's x is never marked or modified
     logits = model(x)
     ce = F.cross_entropy(logits, y)

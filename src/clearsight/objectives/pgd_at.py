@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clearsight.errors import ConfigError
-from clearsight.objectives.adversarial import adversarial_examples, budget
-from clearsight.objectives.base import OBJECTIVES, LossOutput
+from clearsight.objectives.adversarial import adversarial_examples, attack_options
+from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 from clearsight.objectives.schedule import check_schedule, ramped
 
 
@@ -45,16 +45,16 @@ def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | N
     check_schedule(warmup, ramp, mix=mix)
     if not mix <= 1.0:
         raise ConfigError(f"pgd-at mix must be in [0, 1], got {mix}")
-    eps_t = ramped(budget(eps, "pgd-at"), batch.get("progress"), warmup=warmup, ramp=ramp)
+    final = attack_options("pgd-at", eps, norm=norm, steps=steps, step_size=step_size)
+    eps_t = ramped(final, batch.get("progress"), warmup=warmup, ramp=ramp)
     if mix == 0.0:  # standard training, without the attack
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
-        return LossOutput(ce, {"ce": float(ce.detach()), "eps": eps_t}, logits.detach())
+        return cross_entropy_only(model, x, y, eps=eps_t)
     x_adv = adversarial_examples(model, x, y, eps=eps_t, norm=norm, steps=steps, step_size=step_size)
-    ce_adv = F.cross_entropy(model(x_adv), y)
+    logits_adv = model(x_adv)
+    ce_adv = F.cross_entropy(logits_adv, y)
     logs = {"ce_adv": float(ce_adv.detach()), "eps": eps_t}
-    if mix == 1.0:  # the same log keys at every step, so the epoch means are over every sample
-        return LossOutput(ce_adv, logs)
+    if mix == 1.0:  # at eps_t = 0, x_adv = x: its logits are the clean ones (training accuracy of the warm-up)
+        return LossOutput(ce_adv, logs, logits_adv.detach() if eps_t == 0.0 else None)
     logits = model(x)
     ce = F.cross_entropy(logits, y)
     logs["ce"] = float(ce.detach())

@@ -25,7 +25,7 @@ from clearsight.attributions import gradient, smoothgrad
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 from clearsight.modes import eval_mode
-from clearsight.objectives.adversarial import adversarial_examples, budget
+from clearsight.objectives.adversarial import adversarial_examples, attack_options
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 
 SALIENCY = ("gradient", "smoothgrad")
@@ -81,7 +81,7 @@ def scaat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 1
         raise ConfigError(f"scaat saliency must be one of {', '.join(SALIENCY)}, got {saliency!r}")
     if attack_loss not in ("ce", "kl"):
         raise ConfigError(f"scaat attack_loss must be 'ce' or 'kl', got {attack_loss!r}")
-    eps_t = budget(eps, "scaat") * _warmup(batch, warmup_epochs)
+    eps_t = attack_options("scaat", eps, norm=norm, steps=steps, step_size=step_size) * _warmup(batch, warmup_epochs)
     logits = model(x)
     ce = F.cross_entropy(logits, y)
     if eps_t == 0.0 or beta == 0.0:

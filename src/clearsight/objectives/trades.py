@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clearsight.objectives.adversarial import adversarial_examples, budget
+from clearsight.objectives.adversarial import adversarial_examples, attack_options
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 from clearsight.objectives.schedule import check_schedule, ramped
 
@@ -42,7 +42,8 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 
         term is 0 and the loss is exactly `standard`'s.
     """
     check_schedule(warmup, ramp, beta=beta, start_sigma=start_sigma)
-    eps_t = ramped(budget(eps, "trades"), batch.get("progress"), warmup=warmup, ramp=ramp)
+    final = attack_options("trades", eps, norm=norm, steps=steps, step_size=step_size)
+    eps_t = ramped(final, batch.get("progress"), warmup=warmup, ramp=ramp)
     logits = model(x)
     ce = F.cross_entropy(logits, y)
     if eps_t == 0.0 or beta == 0.0:
