@@ -52,7 +52,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for entry in registry:
         # standard_at is a contract for tests; budgets show as the options' defaults
         meta = {k: v for k, v in entry.meta.items() if k not in ("description", "aliases", "standard_at", "budgets")}
-        extras = ", ".join(f"{k}={v}" for k, v in meta.items() if v is not None)
+        # callables on an entry (a metric's curves) by name, not by a repr with a memory address
+        extras = ", ".join(f"{k}={getattr(v, '__name__', v) if callable(v) else v}" for k, v in meta.items()
+                           if v is not None)
         print(f"{entry.name:<{width}}  {entry.meta.get('description', '')}")
         if extras:
             print(f"{'':<{width}}    [{extras}]")

@@ -22,10 +22,10 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from clearsight import __version__, distributed, io
-from clearsight.checks import check_labels
 from clearsight.config import TrainConfig, migrate_train, train_config
 from clearsight.data.base import ArrayDataset, as_array_dataset
 from clearsight.errors import CheckpointError, ConfigError, DataError, TrainingError
+from clearsight.evaluation import check_model_output as _check_model_fits
 from clearsight.evaluation import evaluate as evaluate  # re-exported: engine.evaluate is a public name (DESIGN.md)
 from clearsight.evaluation import evaluate_rows as evaluate_rows
 from clearsight.modes import eval_mode, resolve_device
@@ -194,14 +194,6 @@ def _split(train: ArrayDataset, val_ds: Dataset | None, cfg: TrainConfig
     # the split depends on the seed only, so a resumed run validates on the same samples
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
     return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values, split="val")
-
-
-def _check_model_fits(model: nn.Module, train: ArrayDataset, device: torch.device) -> None:
-    with eval_mode(model), torch.no_grad():
-        out = model(train.x[:2].to(device))
-    if out.dim() != 2:
-        raise DataError(f"the model must return logits [B, C]; it returned shape {tuple(out.shape)}")
-    check_labels(train.y, num_classes=out.shape[1], name=f"{train.name or 'training'} labels")
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
