@@ -570,8 +570,6 @@ BOUND_CALLS = {
     "interval_forward": lambda m, x, y: bounds.interval_forward(m, *interval.input_box(x, 0.02), gamma=0.01),
     "margin_bounds": lambda m, x, y: bounds.margin_bounds(m, *interval.input_box(x, 0.02), y, gamma=0.01),
     "delta_bound relative": lambda m, x, y: bounds.delta_bound(m, x, y, eps=0.02, gamma=0.01, relative=True),
-    "certify": lambda m, x, y: bounds.certify(m, torch.utils.data.TensorDataset(x, y), eps=0.02, gamma=0.01,
-                                              delta=1.0, batch_size=2, device="cpu", progress="none"),
 }
 
 
@@ -580,23 +578,13 @@ BOUND_CALLS = {
 def test_a_parametrized_tensor_is_read_once_per_bound(call, grad):
     """The midpoint, the radius and the backward product of a layer must bound one network: a parametrized tensor
     that changes at every read (as spectral_norm in train mode) is read once per bound call and kept for the
-    backward rule; certificates that combine bound calls (relative delta, certify over batches) read it once."""
+    backward rule; certificates that combine bound calls (relative delta) read it once; evaluation reads it once
+    over all batches (tests/test_evaluation.py)."""
     model, _, counters = _counted_model()
     x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     with torch.set_grad_enabled(grad):
         BOUND_CALLS[call](model, x, y)
     assert [c.calls for c in counters] == [1] * len(counters)
-
-
-def test_certify_runs_the_model_in_eval_mode_and_restores_its_flags():
-    """A train-mode parametrization (spectral_norm) would update its state at every read; certify evaluates the
-    eval-mode network and gives the model back in train mode."""
-    model, _, counters = _counted_model()
-    model.train()
-    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
-    bounds.certify(model, torch.utils.data.TensorDataset(x, y), eps=0.02, device="cpu", progress="none")
-    assert all(c.modes == [False] for c in counters)
-    assert all(m.training for m in model.modules())
 
 
 def test_the_parametrized_tensors_read_are_the_network_bounded():
@@ -773,50 +761,3 @@ def test_topk_certificate_is_sound_by_sampling_and_monotone_in_eps():
         if eps == 0.02:
             assert 0 < int(certified.sum()) < 64
     assert int(previous.sum()) < 64
-
-
-def test_certify_rows_on_a_tabular_dataset():
-    import clearsight as cs
-
-    test = cs.data.load("german-credit", "test")
-    model = build("mlp", num_classes=2, input_shape=test.input_shape, widths=[32])
-    rows = bounds.certify(model, test, eps=0.01, topk=5, sensitive="sex,age", delta=1.0, device="cpu")
-    by = {r["metric"]: r for r in rows}
-    assert set(by) == {"certified_accuracy", "delta_bound", "certified_delta", "certified_topk"}
-    assert all(r["n"] == 200 and r["eps"] == 0.01 and r["gamma"] == 0.0 for r in rows)
-    assert by["certified_topk"]["sensitive"] == "sex,age" and by["certified_topk"]["topk"] == 5
-    assert 0.0 <= by["certified_topk"]["value"] <= 1.0 and by["delta_bound"]["higher_is_better"] is False
-    direct = bounds.topk_certified(model, test.x, test.y, sensitive=test.sensitive["sex"] + test.sensitive["age"],
-                                   k=5, eps=0.01)
-    assert by["certified_topk"]["value"] == pytest.approx(float(direct.float().mean()))
-    with pytest.raises(ConfigError, match="valid attributes: sex, age"):
-        bounds.certify(model, test, eps=0.01, topk=5, sensitive="religion")
-    with pytest.raises(ConfigError, match="needs both topk and sensitive"):
-        bounds.certify(model, test, eps=0.01, topk=5)
-
-
-def test_certify_rows_are_the_means_of_the_registered_certified_metrics():
-    """certify (one gradient bound shared by its certificates) and the per-sample metrics of the registry agree
-    row by row, direction included."""
-    import clearsight as cs
-
-    test = cs.data.load("german-credit", "test")
-    torch.manual_seed(6)
-    model = build("mlp", num_classes=2, input_shape=test.input_shape, widths=[32])
-    rows = bounds.certify(model, test, eps=0.02, gamma=0.01, topk=5, sensitive="sex", delta=0.5, device="cpu",
-                          batch_size=64)
-    features = test.sensitive["sex"]
-    options = {"certified_accuracy": {}, "delta_bound": {}, "certified_delta": {"delta": 0.5},
-               "certified_topk": {"sensitive": features, "topk": 5}}
-    assert {row["metric"] for row in rows} == set(options)
-    assert {row["metric"]: row["higher_is_better"] for row in rows} == {
-        "certified_accuracy": True, "delta_bound": False, "certified_delta": True, "certified_topk": True}
-    x, y = test.x, test.y
-    for row in rows:
-        name = row["metric"]
-        values = cs.metrics.get(name)(model, x, y, eps=0.02, gamma=0.01, **options[name])
-        assert values.shape == (len(test),)
-        assert row["value"] == pytest.approx(float(values.mean()), rel=1e-5)
-    # x is in its own box: a sample certified correct is classified correctly
-    certified = cs.metrics.get("certified_accuracy")(model, x, y, eps=0.02, gamma=0.01)
-    assert bool((certified <= cs.metrics.get("accuracy")(model, x, y)).all())

@@ -52,6 +52,40 @@ def test_evaluate_reopens_the_run_and_appends(trained_run, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_evaluate_runs_a_suite_written_as_yaml(trained_run, tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: mine\nrows:\n  - {metric: gini, attribution: gradient, samples: 50}\n"
+                     "  - {metric: deletion_auc, attribution: {name: smoothgrad, n: 4}, steps: 7, samples: 20}\n")
+    out = tmp_path / "r.jsonl"
+    assert main(["evaluate", str(trained_run), "--suite", str(suite), "--out", str(out)]) == 0
+    rows = io.read_jsonl(out)
+    assert [r["key"] for r in rows] == ["gini/attribution=gradient/samples=50",
+                                        "deletion_auc/attribution=smoothgrad:n=4/steps=7/samples=20"]
+    assert rows[0]["n"] == 50 and rows[1]["suite"] == "mine" and len(rows[1]["curve"]["deletion"]) == 8
+    assert 0 < rows[0]["value"] < 1
+    result = run("evaluate", str(trained_run), "--suite", "everything")
+    assert result.returncode == 1 and "neither a suite (clean, quick, full, certified) nor a YAML file" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_quick_suite_from_the_cli(trained_run, tmp_path):
+    """The issue's acceptance: `clearsight evaluate RUN_DIR --suite quick` on a mnist-mini small-cnn."""
+    out = tmp_path / "quick.jsonl"
+    result = run("evaluate", str(trained_run), "--suite", "quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {r["key"]: r for r in io.read_jsonl(out)}
+    metrics = {r["metric"] for r in rows.values()}
+    assert {"accuracy", "robust_accuracy", "deletion_auc", "insertion_auc", "gini", "max_sensitivity",
+            "relevance_mass", "pointing_game", "hygiene"} <= metrics
+    accuracy = rows["accuracy"]["value"]
+    low, high = (rows[f"robust_accuracy/attack=pgd/eps={e}/norm=linf/steps=20/samples=1000"]["value"]
+                 for e in (0.1, 0.3))
+    assert accuracy >= 0.95 and high <= low <= 1.0  # a larger budget never helps the model
+    # a trained model's gradient deletes faster than it inserts: faithful in the RISE sense
+    assert rows["deletion_auc/attribution=gradient/samples=256"]["value"] < (
+        rows["insertion_auc/attribution=gradient/start=blur/samples=256"]["value"])
+
+
 def test_help_and_list():
     result = run("--help")
     assert result.returncode == 0
@@ -132,7 +166,7 @@ def test_resuming_a_finished_run_adds_no_duplicate_row(tmp_path):
 
 
 def test_certify_appends_sound_certificates_to_the_run(credit_run, capsys):
-    from clearsight import bounds, data
+    from clearsight import data, evaluate_rows, metrics
     from clearsight.runs import open_run
 
     before = io.read_jsonl(credit_run / "results.jsonl")
@@ -142,7 +176,7 @@ def test_certify_appends_sound_certificates_to_the_run(credit_run, capsys):
     rows = io.read_jsonl(credit_run / "results.jsonl")
     assert rows[: len(before)] == before  # appended, nothing earlier rewritten
     new = rows[len(before):]
-    by = {(r["metric"], r["eps"]): r["value"] for r in new}
+    by = {(r["metric"], r["options"]["eps"]): r["value"] for r in new}
     assert {m for m, _ in by} == {"certified_accuracy", "delta_bound", "certified_delta", "certified_topk"}
     # at eps 0 the box is the point x: certified accuracy is the clean accuracy, the delta bound is 0
     assert by["certified_accuracy", 0.0] == pytest.approx(before[0]["value"])
@@ -153,8 +187,14 @@ def test_certify_appends_sound_certificates_to_the_run(credit_run, capsys):
     # the rows are what the library computes for the same run
     run = open_run(credit_run)
     test = data.load("german-credit", "test", root=run.config.data.options["root"])
-    direct = bounds.certify(run.model, test, eps=0.01, topk=5, sensitive="sex,age", delta=0.5)
-    assert [(r["key"], r["value"]) for r in direct] == [(r["key"], r["value"]) for r in new if r["eps"] == 0.01]
+    direct = evaluate_rows(run.model, test, suite=metrics.certified_suite(eps=[0.01], topk=5, sensitive="sex,age",
+                                                                          delta=0.5), progress="none")
+    assert [(r["key"], r["value"]) for r in direct] == [(r["key"], r["value"]) for r in new
+                                                        if r["options"]["eps"] == 0.01]
+    # the rows of each metric at one eps are the mean of its per-sample certificates
+    topk = metrics.certified_topk(run.model.eval(), test.x, test.y, eps=0.01, topk=5,
+                                  sensitive=test.sensitive["sex"] + test.sensitive["age"])
+    assert by["certified_topk", 0.01] == pytest.approx(float(topk.mean()))
 
 
 @pytest.mark.parametrize("args, message", [

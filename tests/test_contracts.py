@@ -36,13 +36,9 @@ REQUIRED_META: dict[str, dict[str, type | tuple[type, ...]]] = {
     "objectives": {"needs_double_backprop": bool, "standard_at": tuple},
     "attributions": {"paper": str, "multi_sample": bool, "output": str, "images_only": bool},
     "attacks": {"norms": tuple, "goal": str, "paper": str},
-    "metrics": {"higher_is_better": bool, "needs_grad": bool},
+    "metrics": {"higher_is_better": bool, "needs_grad": bool, "needs": tuple, "example": dict},
 }
 
-# options a metric needs to be called (entries with required keyword-only options must appear here)
-METRIC_OPTIONS = {"robust_accuracy": {"eps": 0.05, "steps": 3}, "certified_accuracy": {"eps": 0.01},
-                  "delta_bound": {"eps": 0.01}, "certified_delta": {"eps": 0.01, "delta": 1.0},
-                  "certified_topk": {"eps": 0.01, "sensitive": [0, 5], "topk": 3}}
 
 
 def test_every_kind_is_listed_by_the_cli_and_has_a_metadata_contract():
@@ -129,11 +125,36 @@ def test_every_objective_equals_standard_at_its_declared_standard_points(name):
 
 # ---------------------------------------------------------------- metrics
 
-def test_every_metric_with_required_options_is_given_some():
+def metric_options(name: str, x: torch.Tensor, *, attribution: object = "gradient") -> dict:
+    """The options a call of metric `name` needs, from its metadata alone: `example` plus what `needs` asks for."""
+    meta = METRICS.meta(name)
+    options = dict(meta["example"])
+    needs = set(meta["needs"])
+    if needs & {"attribution", "explainer"}:
+        options["attribution"] = attribution
+    if "mask" in needs:
+        options["mask"] = x > 0.5
+    if "reference" in needs:
+        options["target_map"] = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    return options
+
+
+def test_every_metric_declares_needs_from_the_vocabulary_and_can_be_called_from_its_metadata():
+    from clearsight.metrics import NEEDS
+
     for name in METRICS.names():
+        meta = METRICS.meta(name)
+        assert set(meta["needs"]) <= set(NEEDS), name
+        given = set(metric_options(name, torch.rand(2, 1, 4, 4))) | set(meta.get("context", ()))
         required = [p.name for p in inspect.signature(METRICS.get(name)).parameters.values()
                     if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
-        assert set(required) <= set(METRIC_OPTIONS.get(name, {})), f"add {name}'s options to METRIC_OPTIONS"
+        assert set(required) <= given, f"{name}: declare its required options in metadata 'example'"
+        for extra in meta.get("extras", ()):  # the driver passes extras under their own names
+            assert extra in inspect.signature(METRICS.get(name)).parameters, (name, extra)
+
+
+def parameters(model: nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in model.state_dict().values()]
 
 
 @pytest.mark.parametrize("name", METRICS.names())
@@ -141,17 +162,45 @@ def test_every_metric_is_per_sample_and_leaves_the_model_alone(name):
     model = tiny_mlp().eval()
     model.features.train()  # mixed per-submodule flags, which a metric must leave as it found them
     x, y = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])
-    before, x_copy = model_state(model), x.clone()
-    torch.manual_seed(1)  # the same random starts for both calls of a randomized metric
-    values = METRICS.get(name)(model, x, y, **METRIC_OPTIONS.get(name, {}))
+    before, weights, x_copy = model_state(model), parameters(model), x.clone()
+    options = metric_options(name, x)
+    torch.manual_seed(1)  # the same random draws for both calls of a randomized metric
+    values = METRICS.get(name)(model, x, y, **options)
     assert values.shape == (5,) and values.is_floating_point() and bool(torch.isfinite(values).all())
     assert model_state(model) == before and torch.equal(x, x_copy)
-    # per sample: the first samples' values do not depend on the samples after them
-    torch.manual_seed(1)
-    head = METRICS.get(name)(model, x[:2], y[:2], **METRIC_OPTIONS.get(name, {}))
-    torch.testing.assert_close(head, values[:2])
+    assert all(torch.equal(a, b) for a, b in zip(parameters(model), weights, strict=True))
+    if "pooled" not in METRICS.meta(name):  # a pool statistic depends on the whole pool, by definition
+        # per sample: the first samples' values do not depend on the samples after them
+        head_options = {k: v[:2] if isinstance(v, torch.Tensor) else v for k, v in options.items()}
+        torch.manual_seed(1)
+        head = METRICS.get(name)(model, x[:2], y[:2], **head_options)
+        torch.testing.assert_close(head, values[:2])
     if not METRICS.meta(name)["needs_grad"]:  # a metric that does not differentiate also runs in inference mode
         with torch.inference_mode():
             torch.manual_seed(1)
-            torch.testing.assert_close(METRICS.get(name)(model, x, y, **METRIC_OPTIONS.get(name, {})), values)
+            torch.testing.assert_close(METRICS.get(name)(model, x, y, **options), values)
 
+
+@pytest.mark.parametrize("name", [n for n in METRICS.names()
+                                  if {"attribution", "explainer"} & set(METRICS.meta(n)["needs"])])
+def test_every_metric_takes_the_attribution_as_a_name_or_a_callable_and_a_map_where_it_only_reads_it(name):
+    from functools import partial
+
+    from clearsight import attributions
+    from clearsight.errors import ConfigError
+
+    model = tiny_mlp().eval()
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    calls = {"name": "gradient", "callable": partial(attributions.gradient),
+             "tensor": attributions.gradient(model, x, y)}
+    results = {}
+    for form, attribution in calls.items():
+        options = metric_options(name, x, attribution=attribution)
+        torch.manual_seed(1)
+        if form == "tensor" and "explainer" in METRICS.meta(name)["needs"]:
+            with pytest.raises(ConfigError, match="callable"):
+                METRICS.get(name)(model, x, y, **options)
+            continue
+        results[form] = METRICS.get(name)(model, x, y, **options)
+    for form, values in results.items():
+        torch.testing.assert_close(values, results["name"], msg=f"{name} with the attribution as a {form}")

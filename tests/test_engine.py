@@ -240,8 +240,9 @@ def test_quick_suite_robust_accuracy_matches_the_linear_closed_form():
     margin = (x @ w).abs()
     for eps in (0.05, 0.2):
         expected = float((margin > eps * w.abs().sum()).float().mean())
-        assert result[f"robust_accuracy/attack=pgd/eps={eps}/norm=linf/steps=20"] == pytest.approx(expected)
-    assert 0 < result["robust_accuracy/attack=pgd/eps=0.2/norm=linf/steps=20"] < result["accuracy"] == 1.0
+        key = f"robust_accuracy/attack=pgd/eps={eps}/norm=linf/steps=20/samples=1000"
+        assert result[key] == pytest.approx(expected)
+    assert 0 < result[key] < result["accuracy"] == 1.0  # key: the row at eps 0.2
     assert result["hygiene/eps=0.2/max_gap=None/norm=linf"] == 0.0
 
 
@@ -258,9 +259,15 @@ def linear_binary(seed: int = 3, n: int = 400):
     return model, w, cs.data.ArrayDataset(x, y, classes=["pos", "neg"], name="toy", split="test")
 
 
+def attack_rows(name: str, grid: tuple[float, ...], classes: int) -> cs.metrics.Suite:
+    """The robust-accuracy rows and hygiene of a shipped suite (its explanation rows need a ReLU network)."""
+    spec = cs.metrics.suite(name, eps_grid={"linf": grid}, num_classes=classes)
+    return cs.metrics.Suite(name, [r for r in spec.rows if r.metric in ("accuracy", "robust_accuracy")], spec.hygiene)
+
+
 def test_full_suite_worst_case_row_runs_each_attack_with_its_own_options():
     model, w, ds = linear_binary(n=200)
-    rows = {r["key"]: r for r in cs.evaluate_rows(model, ds, suite="full", eps_grid={"linf": (0.05, 0.2)})}
+    rows = {r["key"]: r for r in cs.evaluate_rows(model, ds, suite=attack_rows("full", (0.05, 0.2), 2))}
     margin = (ds.x @ w).abs()
     for eps in (0.05, 0.2):
         expected = float((margin > eps * w.abs().sum()).float().mean())
@@ -269,8 +276,8 @@ def test_full_suite_worst_case_row_runs_each_attack_with_its_own_options():
         assert pgd["value"] == pytest.approx(expected) and both["value"] == pytest.approx(expected)
     assert rows["hygiene/eps=0.2/norm=linf"]["warnings"] == []
     spec = cs.metrics.suite("full", eps_grid={"linf": (0.1,)}, num_classes=10)
-    assert ("robust_accuracy", {"attack": "pgd+apgd:loss=dlr,steps=100", "norm": "linf", "eps": 0.1,
-                                "steps": 40}) in spec.rows
+    assert cs.metrics.Row("robust_accuracy", {"attack": [("pgd", {}), ("apgd", {"loss": "dlr", "steps": 100})],
+                                              "norm": "linf", "eps": 0.1, "steps": 40}) in spec.rows
     with pytest.raises(ConfigError, match=r"eps_grid\['linf'\] must be a non-empty list"):
         cs.metrics.suite("full", eps_grid={"linf": ()}, num_classes=10)
 
@@ -297,8 +304,8 @@ def test_the_worst_case_row_reuses_the_pgd_row_and_never_exceeds_it(monkeypatch)
 
     monkeypatch.setattr(pgd_module, "run_attack", counting("pgd", pgd_module.run_attack))
     monkeypatch.setattr(apgd_module, "run_attack", counting("apgd", apgd_module.run_attack))
-    rows = {r["key"]: r for r in cs.evaluate_rows(model, ds, suite="full", batch_size=32,
-                                                  eps_grid={"linf": (0.02, 0.1)})}
+    rows = {r["key"]: r for r in cs.evaluate_rows(model, ds, suite=attack_rows("full", (0.02, 0.1), 3),
+                                                  batch_size=32)}
     assert calls["pgd"] == 3  # one pgd-40 per batch at this budget: the worst-case row reuses it
     assert 0 < calls["apgd"] <= 3
     for eps in (0.02, 0.1):
@@ -308,16 +315,26 @@ def test_the_worst_case_row_reuses_the_pgd_row_and_never_exceeds_it(monkeypatch)
     assert pgd < 1.0  # eps 0.1 breaks some samples, so the comparison above is not vacuous
 
 
-def test_attack_specs_give_each_attack_its_options():
-    from clearsight.metrics.accuracy import parse_attacks
+def test_attack_lists_are_data_and_give_each_attack_its_options():
+    from clearsight.metrics.accuracy import attack_list
 
-    assert parse_attacks("pgd+apgd:steps=100,loss=dlr") == [("pgd", {}), ("apgd", {"steps": 100, "loss": "dlr"})]
-    assert parse_attacks("pgd:restarts=2,step_size=0.01") == [("pgd", {"restarts": 2, "step_size": 0.01})]
-    with pytest.raises(ConfigError, match="key=value"):
-        parse_attacks("pgd:steps")
-    model, _, ds = linear_binary(n=8)
+    assert attack_list("pgd") == [("pgd", {})]
+    assert attack_list([("pgd", {}), {"name": "apgd", "steps": 100, "loss": "dlr"}]) == [
+        ("pgd", {}), ("apgd", {"steps": 100, "loss": "dlr"})]
+    assert attack_list(["pgd", {"restarts": 2}]) == [("pgd", {"restarts": 2})]
+    with pytest.raises(ConfigError, match="looks like an attack string"):
+        attack_list("pgd:steps=3")
+    model, w, ds = linear_binary(n=64)
     with pytest.raises(ConfigError, match="changes the explanation, not the prediction"):
         cs.metrics.get("robust_accuracy")(model, ds.x, ds.y, eps=0.1, attack="explanation")
+    with pytest.raises(ConfigError, match="attack 'apgd' has no option 'stepz'"):
+        cs.metrics.get("robust_accuracy")(model, ds.x, ds.y, eps=0.1, attack=[("apgd", {"stepz": 3})])
+    # each attack runs with its own options: a 1-step fgsm-like pgd fails where a 40-step pgd succeeds
+    margin = (ds.x @ w).abs()
+    expected = float((margin > 0.2 * w.abs().sum()).float().mean())
+    strong = cs.metrics.get("robust_accuracy")(model, ds.x, ds.y, eps=0.2, steps=1,
+                                               attack=[("pgd", {"steps": 40})])
+    assert float(strong.mean()) == pytest.approx(expected)
 
 
 def test_evaluation_is_seeded_and_leaves_the_global_rng_alone():
@@ -332,13 +349,15 @@ def test_evaluation_is_seeded_and_leaves_the_global_rng_alone():
 
 def test_result_rows_are_standard_json_and_keep_their_fields(tmp_path):
     path = tmp_path / "results.jsonl"
-    io.append_jsonl(path, [{"key": "delta_bound", "value": float("inf"), "p": float("inf"), "n": 2}])
+    io.append_jsonl(path, [{"key": "delta_bound", "value": float("inf"), "options": {"p": float("inf")}, "n": 2}])
     text = path.read_text()
-    assert "Infinity" not in text and json.loads(text) == {"key": "delta_bound", "value": "inf", "p": "inf", "n": 2}
-    from clearsight.metrics.registry import row_key
+    assert "Infinity" not in text
+    assert json.loads(text) == {"key": "delta_bound", "value": "inf", "options": {"p": "inf"}, "n": 2}
+    from clearsight.results import row_key
 
-    with pytest.raises(ConfigError, match="option named 'n', which result rows reserve"):
-        row_key("max_sensitivity", {"n": 10, "radius": 0.1})
+    # options live under "options", so a metric option may share a row field's name (max_sensitivity's n)
+    assert row_key("max_sensitivity", {"n": 10, "radius": 0.1}) == "max_sensitivity/n=10/radius=0.1"
+
 
 def _append_many(path: str, tag: int, n: int) -> None:
     for i in range(n):
@@ -438,7 +457,10 @@ def test_evaluation_reports_progress_a_line_per_row(capsys):
     model = nn.Sequential(nn.Linear(16, 2))
     rows = cs.evaluate_rows(model, ds, eps_grid={"linf": (0.1,)}, progress="lines")
     err = capsys.readouterr().err.splitlines()
-    assert [line.split(" | ")[0] for line in err] == [f"row {r['key']}" for r in rows if r["metric"] != "hygiene"]
+    lines = [line.split(" | ")[0] for line in err]
+    assert [line for line in lines if line.startswith("row ")] == [
+        f"row {r['key']}" for r in rows if r["metric"] != "hygiene"]
+    assert lines[0] == "batch 1/1"  # a line per batch too: a long evaluation shows it is alive
     cs.evaluate_rows(model, ds, suite="clean", progress="none")
     assert capsys.readouterr().err == ""
     with pytest.raises(ConfigError, match="unknown progress mode 'loud'"):

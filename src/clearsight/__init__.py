@@ -11,8 +11,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from clearsight import attacks, attributions, bounds, data, errors, metrics, models, objectives, registry
+from clearsight import (
+           attacks,
+           attributions,
+           bounds,
+           data,
+           errors,
+           metrics,
+           models,
+           neurons,
+           objectives,
+           registry,
+           results,
+)
 from clearsight.engine import evaluate, evaluate_rows, fit, predict
 
 __all__ = ["__version__", "attacks", "attributions", "bounds", "data", "errors", "evaluate", "evaluate_rows", "fit",
-           "metrics", "models", "objectives", "predict", "registry"]
+           "metrics", "models", "neurons", "objectives", "predict", "registry", "results"]

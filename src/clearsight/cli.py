@@ -52,7 +52,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for entry in registry:
         # standard_at is a contract for tests; budgets show as the options' defaults
         meta = {k: v for k, v in entry.meta.items() if k not in ("description", "aliases", "standard_at", "budgets")}
-        extras = ", ".join(f"{k}={v}" for k, v in meta.items() if v is not None)
+        # callables on an entry (a metric's curves) by name, not by a repr with a memory address
+        extras = ", ".join(f"{k}={getattr(v, '__name__', v) if callable(v) else v}" for k, v in meta.items()
+                           if v is not None)
         print(f"{entry.name:<{width}}  {entry.meta.get('description', '')}")
         if extras:
             print(f"{'':<{width}}    [{extras}]")
@@ -102,37 +104,50 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from clearsight import engine
+    from clearsight import evaluation
     from clearsight.modes import resolve_device
     from clearsight.runs import load_data, open_run
 
+    suite = _suite_arg(args.suite)
     device = resolve_device(args.device or "auto")
     run = open_run(args.run_dir, device=device)
     target = _results_target(args.out, run.path)
-    rows = engine.evaluate_rows(run.model, load_data(run.config, "test"), suite=args.suite, device=device,
-                                seed=args.seed)
+    rows = evaluation.evaluate_rows(run.model, load_data(run.config, "test"), suite=suite, device=device,
+                                    seed=args.seed)
     io.append_jsonl(target, rows)
     _print_rows(rows)
     print(f"results appended to {target}")
     return 0
 
 
+def _suite_arg(value: str) -> str | dict[str, Any]:
+    """A shipped suite's name, or the suite read from a YAML file."""
+    from clearsight.metrics import SUITE_NAMES
+
+    if value in SUITE_NAMES:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"--suite {value!r} is neither a suite ({', '.join(SUITE_NAMES)}) nor a YAML file")
+    return io.read_yaml(path)
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
-    from clearsight import bounds
+    from clearsight import evaluation
     from clearsight.checks import check_radius
+    from clearsight.metrics import certified_suite
     from clearsight.modes import resolve_device
     from clearsight.runs import load_data, open_run
 
     for eps in args.eps:  # every radius is checked before any work
         check_radius(eps, "eps")
+    check_radius(args.gamma, "gamma")
+    suite = certified_suite(eps=args.eps, gamma=args.gamma, topk=args.topk, sensitive=args.sensitive,
+                            delta=args.delta, p=args.p, of=args.of, relative=not args.absolute)
     device = resolve_device(args.device or "auto")
     run = open_run(args.run_dir, device=device)
     target = _results_target(args.out, run.path)
-    test = load_data(run.config, "test")
-    rows = []
-    for eps in args.eps:
-        rows += bounds.certify(run.model, test, eps=eps, gamma=args.gamma, topk=args.topk, sensitive=args.sensitive,
-                               delta=args.delta, p=args.p, of=args.of, relative=not args.absolute, device=device)
+    rows = evaluation.evaluate_rows(run.model, load_data(run.config, "test"), suite=suite, device=device)
     io.append_jsonl(target, rows)
     _print_rows(rows)
     print(f"results appended to {target}")
@@ -210,9 +225,13 @@ def parser() -> argparse.ArgumentParser:
                         description="Evaluate RUN_DIR's model on the test split of its dataset and append the "
                                     "rows to RUN_DIR/results.jsonl (or --out FILE).")
     ev.add_argument("run_dir", metavar="RUN_DIR")
-    ev.add_argument("--suite", default="quick", choices=["clean", "quick", "full"],
-                    help="clean: accuracy; quick (default): + pgd-20 robust accuracy at two linf budgets and "
-                         "gradient-masking checks; full: pgd-40 and pgd+apgd at every budget of the dataset")
+    ev.add_argument("--suite", default="quick", metavar="SUITE",
+                    help="clean: accuracy; quick (default): + pgd-20 robust accuracy at two linf budgets, gradient "
+                         "and smoothgrad maps scored for faithfulness, sparsity, stability and localisation, and "
+                         "gradient-masking checks; full: pgd-40 and pgd+apgd at every budget and every "
+                         "interpretability metric on gradient, smoothgrad and integrated-gradients maps; "
+                         "certified: interval-bound certificates at the linf budgets; or a YAML file of rows "
+                         "(see clearsight.metrics.suites)")
     ev.add_argument("--out", help="JSON-lines file to append the rows to (default RUN_DIR/results.jsonl)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
     ev.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")

@@ -1,4 +1,5 @@
-"""fit() and evaluate(): plain loops over in-memory batches, checkpoint/resume, torchrun-aware.
+"""fit(): a plain loop over in-memory batches, checkpoint/resume, torchrun-aware. evaluate() and evaluate_rows()
+live in `clearsight.evaluation` and are re-exported here.
 
 Run directory written by fit (see DESIGN.md): config.yaml, model.safetensors, checkpoint/state.pt, log.jsonl.
 Every file is written atomically; the checkpoint holds the whole resumable state (weights, optimizer, RNG
@@ -21,12 +22,12 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from clearsight import __version__, distributed, io
-from clearsight.checks import check_labels
 from clearsight.config import TrainConfig, migrate_train, train_config
 from clearsight.data.base import ArrayDataset, as_array_dataset
 from clearsight.errors import CheckpointError, ConfigError, DataError, TrainingError
-from clearsight.metrics.registry import row_key
-from clearsight.metrics.suites import HYGIENE_SAMPLES
+from clearsight.evaluation import check_model_output as _check_model_fits
+from clearsight.evaluation import evaluate as evaluate  # re-exported: engine.evaluate is a public name (DESIGN.md)
+from clearsight.evaluation import evaluate_rows as evaluate_rows
 from clearsight.modes import eval_mode, resolve_device
 from clearsight.objectives import LossOutput, describe, with_budgets
 from clearsight.objectives import build as build_objective
@@ -196,14 +197,6 @@ def _split(train: ArrayDataset, val_ds: Dataset | None, cfg: TrainConfig
     return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values, split="val")
 
 
-def _check_model_fits(model: nn.Module, train: ArrayDataset, device: torch.device) -> None:
-    with eval_mode(model), torch.no_grad():
-        out = model(train.x[:2].to(device))
-    if out.dim() != 2:
-        raise DataError(f"the model must return logits [B, C]; it returned shape {tuple(out.shape)}")
-    check_labels(train.y, num_classes=out.shape[1], name=f"{train.name or 'training'} labels")
-
-
 def _check_objective(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDataset,
                      device: torch.device, epochs: int) -> None:
     """Call the objective once on two training samples, as at the end of training (full radii), before anything
@@ -355,108 +348,3 @@ def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
             io.save_weights(out / "model.safetensors", model.state_dict(), {"epoch": state.epoch})
         io.write_jsonl(out / "log.jsonl", state.history)
     distributed.barrier(world)
-
-
-# ---- evaluation ----------------------------------------------------------------------------------------------
-
-def evaluate(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
-             device: str | torch.device = "auto", eps_grid: Mapping[str, tuple[float, ...]] | None = None,
-             seed: int = 0, progress: str = "auto") -> dict[str, float]:
-    """Score `model` on `ds` with the rows of `suite`; returns {row key: mean value}.
-
-    Row keys are the metric name followed by its options, e.g. "accuracy" or
-    "robust_accuracy/attack=pgd/eps=0.3/norm=linf/steps=20"; the "hygiene/..." row counts the warnings of
-    `clearsight.attacks.check` (signs of gradient masking). `evaluate_rows` gives the full rows (with sample
-    count, direction, dataset and the warnings' text) that `clearsight evaluate` writes to results.jsonl.
-
-    Args:
-        suite: "clean", "quick" or "full" (see `clearsight.metrics.suites`).
-        eps_grid: attack budgets {"linf": (...), "l2": (...)}; None -> the dataset's registered grid.
-        seed: seeds the random starts of the attacks, so that an evaluation is repeatable; torch's global RNG
-            is left as it was.
-        progress: "auto" (a bar on a terminal, a line per row otherwise), "bar", "lines" or "none".
-
-    The model is moved to `device` (and stays there); its train/eval flags are restored.
-    """
-    rows = evaluate_rows(model, ds, suite=suite, batch_size=batch_size, device=device, eps_grid=eps_grid, seed=seed,
-                         progress=progress)
-    return {row["key"]: row["value"] for row in rows}
-
-
-def _known_first_attack(name: str, opts: dict[str, Any], per_sample: dict[str, torch.Tensor]
-                        ) -> tuple[torch.Tensor | None, dict[str, Any]]:
-    """For a composite robust-accuracy row "a+b+..." whose first attack already has its own row, that row's
-    per-sample values and the options of the rest ("b+..."); else (None, {}).
-
-    The worst case over attacks runs them in order, each on the samples still robust, so the first attack's
-    row is exactly its first stage: reusing it saves that attack (pgd-40 per budget in the full suite) and makes
-    the composite never exceed the single attack's row.
-    """
-    attack = opts.get("attack")
-    if name != "robust_accuracy" or not isinstance(attack, str) or "+" not in attack:
-        return None, {}
-    head, rest = attack.split("+", 1)
-    known = per_sample.get(row_key(name, {**opts, "attack": head.strip()}))
-    return (known, {"attack": rest}) if known is not None else (None, {})
-
-
-def _after(robust: torch.Tensor, metric: Callable[..., torch.Tensor], model: nn.Module, x: torch.Tensor,
-           y: torch.Tensor, opts: dict[str, Any]) -> torch.Tensor:
-    """The metric on the samples where `robust` is 1 (0 elsewhere): the later stages of a worst case."""
-    out = torch.zeros_like(robust, dtype=x.dtype)
-    idx = robust.nonzero().squeeze(1)
-    if idx.numel():
-        out[idx] = metric(model, x[idx], y[idx], **opts).detach().to(out.dtype)
-    return out
-
-
-def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str = "quick", batch_size: int = 256,
-                  device: str | torch.device = "auto", eps_grid: Mapping[str, tuple[float, ...]] | None = None,
-                  seed: int = 0, progress: str = "auto") -> list[dict[str, Any]]:
-    """Per-metric result rows of `suite` on `ds`: each metric is computed per sample, batch by batch."""
-    from clearsight.attacks import check
-    from clearsight.data import DATASETS
-    from clearsight.metrics import METRICS
-    from clearsight.metrics import suite as make_suite
-
-    data = as_array_dataset(ds)
-    if eps_grid is None and data.name in DATASETS:
-        eps_grid = DATASETS.meta(data.name).get("eps_grid")
-    spec = make_suite(suite, eps_grid=dict(eps_grid) if eps_grid else None, num_classes=data.num_classes)
-    dev = resolve_device(device)
-    model.to(dev)
-    _check_model_fits(model, data, dev)
-    where = {"dataset": data.name, "split": data.split, "suite": suite}
-    report = reporter(progress)
-    starts = range(0, len(data), batch_size)
-    bar = report.bar(len(spec.rows) * len(starts) + (spec.hygiene is not None), f"evaluate ({suite})")
-    rows = []
-    devices = [dev] if dev.type == "cuda" else []
-    with eval_mode(model), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        per_sample: dict[str, torch.Tensor] = {}  # row key -> values [N] of the rows computed so far
-        for name, opts in spec.rows:
-            metric, key, began = METRICS.get(name), row_key(name, opts), time.perf_counter()
-            first, rest = _known_first_attack(name, opts, per_sample)
-            parts = []
-            for i in starts:
-                x, y = data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev)
-                if first is None:
-                    parts.append(metric(model, x, y, **opts).detach())
-                else:
-                    parts.append(_after(first[i : i + batch_size].to(dev), metric, model, x, y, {**opts, **rest}))
-                bar.update(1)
-            values = per_sample[key] = torch.cat(parts)
-            rows.append({"key": key, "metric": name, **opts, "value": float(values.float().mean()),
-                         "n": int(values.shape[0]), "higher_is_better": METRICS.meta(name)["higher_is_better"],
-                         **where})
-            report.line({"row": key, "value": rows[-1]["value"], "seconds": time.perf_counter() - began})
-        if spec.hygiene is not None:
-            n = min(len(data), HYGIENE_SAMPLES)
-            warnings = check(model, data.x[:n].to(dev), data.y[:n].to(dev), **spec.hygiene)
-            bar.update(1)
-            rows.append({"key": row_key("hygiene", spec.hygiene), "metric": "hygiene", **spec.hygiene,
-                         "value": float(len(warnings)), "n": n, "higher_is_better": False, "warnings": warnings,
-                         **where})
-    bar.close()
-    return rows

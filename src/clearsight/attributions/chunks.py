@@ -1,4 +1,5 @@
-"""The one chunked loop behind every multi-sample attribution (smoothgrad, vargrad, integrated_gradients).
+"""The one chunked loop behind every multi-sample attribution (smoothgrad, vargrad, integrated_gradients) and
+every multi-sample metric (perturbation curves, sensitivity, infidelity, faithfulness correlation).
 
 A multi-sample attribution of B inputs with n copies each (noise draws, path steps) is a reduction over B * n
 rows. Rows are laid out sample-major (row r = sample r // n, copy r % n) and processed in contiguous chunks of
@@ -59,6 +60,36 @@ class NoiseStream:
         return block[:rows]
 
 
+def chunk_bounds(total: int, max_batch: int) -> list[tuple[int, int]]:
+    """[start, end) of ceil(total / max_batch) contiguous chunks of equal size (the last may be smaller by less
+    than the number of chunks): no tiny tail chunk run at poor throughput."""
+    if total <= 0:
+        return []
+    size = -(-total // -(-total // max_batch))
+    return [(r0, min(r0 + size, total)) for r0 in range(0, total, size)]
+
+
+def map_rows(evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, batch: int, n: int,
+             max_batch: int, device: torch.device | str) -> torch.Tensor:
+    """Evaluate n copies of each of `batch` samples, chunk by chunk, keeping every row's result.
+
+    The rows are laid out sample-major as in `reduce_rows` and cut by the same `chunk_bounds`; `evaluate` gets
+    the (sample [R], copy [R]) indices of one chunk and returns its results [R, ...] (one batched pass). Metrics
+    use it for per-copy values (curve points, per-perturbation scores) that are not reduced to a mean.
+
+    Returns:
+        [batch, n, ...]: row (b, k) is the result of sample b's copy k.
+    """
+    total = batch * n
+    idx = torch.arange(total, device=device)
+    parts = [evaluate(rows.div(n, rounding_mode="floor"), rows.remainder(n))
+             for rows in (idx[r0:r1] for r0, r1 in chunk_bounds(total, max_batch))]
+    if not parts:  # no samples: still call once so the output has the right trailing shape
+        parts = [evaluate(idx, idx)]
+    out = torch.cat(parts)
+    return out.view(batch, n, *out.shape[1:])
+
+
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *[1] * (like.dim() - 1))
 
@@ -85,10 +116,9 @@ def reduce_rows(attribute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     idx = torch.arange(total, device=target.device)
     if total == 0:  # still call once so the output has the attribution's shape
         return attribute(perturb(idx, idx), target[:0])
-    size = -(-total // -(-total // max_batch))  # equal chunks: no tiny tail chunk at poor throughput
     owners, counts, sums, m2s = [], [], [], []  # per chunk: its samples' ids [S], copies [S], sums, M2 [S, ...]
-    for r0 in range(0, total, size):
-        rows = idx[r0 : r0 + size]
+    for r0, r1 in chunk_bounds(total, max_batch):
+        rows = idx[r0:r1]
         sample, copy = rows.div(n, rounding_mode="floor"), rows.remainder(n)
         a = attribute(perturb(sample, copy), target[sample])
         if weights is not None:

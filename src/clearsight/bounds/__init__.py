@@ -2,7 +2,7 @@
 
     lo, hi = cs.bounds.interval_forward(model, lower, upper)               # logits over a box
     lo, hi = cs.bounds.gradient_bounds(model, x, target, eps=0.01)         # input gradient over the eps box
-    cs.bounds.certify(model, test_ds, eps=0.05, topk=5, sensitive="sex")  # certified fractions (result rows)
+    cs.bounds.topk_certified(model, x, y, sensitive=[3, 4], k=5, eps=0.05)   # per-sample certificates
 
 Models must be plain nn.Sequential stacks of Linear, Conv2d, ReLU, Flatten, AvgPool2d, Normalize, eval BatchNorm,
 Dropout and Identity (build small-cnn with pool="avg"); anything else, and any layer with forward hooks, is
@@ -15,9 +15,11 @@ whose margins are that close to zero should not be trusted to the last bit.
 
 from clearsight.bounds.certificates import (
     certified_robust,
-    certify,
+    check_norm,
+    check_topk,
     delta_bound,
     delta_certified,
+    delta_from_bounds,
     topk_certified,
     topk_rule,
 )
@@ -26,6 +28,6 @@ from clearsight.bounds.gradient import GradientBounds, gradient_bounds, gradient
 from clearsight.bounds.interval import input_box, mul_interval, softmax_bounds
 from clearsight.bounds.layers import bound_layers
 
-__all__ = ["GradientBounds", "bound_layers", "certified_robust", "certify", "delta_bound", "delta_certified",
-           "gradient_bounds", "gradient_bounds_box", "input_box", "interval_forward", "margin_bounds",
-           "mul_interval", "softmax_bounds", "topk_certified", "topk_rule"]
+__all__ = ["GradientBounds", "bound_layers", "certified_robust", "check_norm", "check_topk", "delta_bound",
+           "delta_certified", "delta_from_bounds", "gradient_bounds", "gradient_bounds_box", "input_box",
+           "interval_forward", "margin_bounds", "mul_interval", "softmax_bounds", "topk_certified", "topk_rule"]

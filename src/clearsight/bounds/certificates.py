@@ -1,5 +1,8 @@
 """Certificates from interval bounds: explanation change (delta), top-k sensitive features, robust accuracy.
 
+Pure tensor functions of a batch; `clearsight.evaluate` (suite "certified") and `clearsight certify` turn them
+into dataset rows through the per-sample metrics of `clearsight.metrics.certified`.
+
 Wicker et al., arXiv 2212.08507 (explanation certificates); Gowal et al., arXiv 1810.12715 (certified accuracy).
 Every certificate is sound: a sample it certifies satisfies the property for every input in the box (and every
 parameter in the gamma box); it may fail to certify samples that do satisfy it (the bounds are not tight).
@@ -8,22 +11,16 @@ parameter in the gamma box); it may fail to certify samples that do satisfy it (
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.utils.data import Dataset
 
 from clearsight.bounds.forward import margin_bounds
 from clearsight.bounds.gradient import gradient_bounds
 from clearsight.bounds.interval import input_box
 from clearsight.checks import check_inputs, check_radius
-from clearsight.data.base import as_array_dataset
 from clearsight.errors import ConfigError
-from clearsight.metrics.registry import METRICS, ROW_FIELDS, row_key
-from clearsight.modes import eval_mode, resolve_device
-from clearsight.progress import reporter
 
 
 def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps: float, gamma: float = 0.0,
@@ -47,13 +44,14 @@ def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps:
     """
     check_norm(p)
     with parametrize.cached():  # the relative bound's two gradient bounds see one value of each parametrization
-        return _delta(model, x, target, *gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of), p=p,
+        return delta_from_bounds(model, x, target, *gradient_bounds(model, x, target, eps=eps, gamma=gamma, of=of), p=p,
                       of=of, relative=relative)
 
 
-def _delta(model: nn.Module, x: torch.Tensor, target: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, *,
-           p: float, of: str, relative: bool) -> torch.Tensor:
-    """The delta bound [B] from gradient bounds already computed for x's box."""
+def delta_from_bounds(model: nn.Module, x: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
+                      upper: torch.Tensor, *, p: float, of: str, relative: bool) -> torch.Tensor:
+    """The delta bound [B] from gradient bounds already computed for x's box (to share one bound computation
+    between certificates)."""
     bound = torch.linalg.vector_norm((upper - lower).flatten(1), ord=p, dim=1)
     if not relative:
         return bound
@@ -127,89 +125,3 @@ def certified_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     margins = margin_bounds(model, *input_box(x, eps), y, gamma=gamma)
     margins = margins.scatter(1, y[:, None], float("inf"))
     return (margins > 0).all(dim=1)
-
-
-def certify(model: nn.Module, ds: Dataset, *, eps: float, gamma: float = 0.0, topk: int | None = None,
-            sensitive: str | Sequence[str] | None = None, delta: float | None = None, p: float = 2.0,
-            of: str = "logit", relative: bool = True, batch_size: int = 256, device: str | torch.device = "auto",
-            progress: str = "auto") -> list[dict[str, Any]]:
-    """Certified fractions of `model` on `ds` at input radius eps (and relative parameter radius gamma).
-
-    Rows (one dict each, with key, metric, eps, gamma, value, n, higher_is_better, dataset, split):
-    - certified_accuracy: fraction whose prediction is certified correct over the box;
-    - delta_bound: mean delta-certificate ||upper - lower||_p of the true-class logit gradient (relative to
-      ||g(x)||_p by default), lower is better; with `delta`, also certified_delta: the fraction with bound <= delta;
-    - with `topk` and `sensitive`: certified_topk, the fraction for which no sensitive feature can enter the top-k
-      attribution magnitudes (see `topk_rule`).
-
-    These are the means of the registered metrics of the same names (`clearsight.metrics`). The model runs in
-    eval mode (its flags are restored after) and each parametrized weight is evaluated once for the whole call.
-
-    Args:
-        sensitive: names of sensitive attributes of a tabular dataset (keys of `ds.sensitive`, e.g. "sex", or
-            "sex,race"), or feature names from `ds.feature_names`.
-        batch_size: samples per bound computation (memory budget).
-        progress: "auto" (a bar on a terminal), "bar", "lines" or "none".
-    """
-    check_radius(eps, "eps")  # before any work
-    check_radius(gamma, "gamma")
-    data = as_array_dataset(ds)
-    if (topk is None) != (sensitive is None or sensitive == ""):
-        raise ConfigError("the top-k certificate needs both topk and sensitive (e.g. --topk 5 --sensitive sex)")
-    check_norm(p)
-    features = _sensitive_features(data, sensitive) if topk is not None else None
-    if features is not None:  # before any bound is computed
-        check_topk(data.x[0].numel(), features, int(topk or 0))
-    dev = resolve_device(device)
-    model.to(dev)
-    parts: dict[str, list[torch.Tensor]] = {"certified_accuracy": [], "delta_bound": [], "certified_topk": []}
-    starts = range(0, len(data), batch_size)
-    bar = reporter(progress).bar(len(starts), f"certify (eps {eps:g})")
-    # eval mode: a train-mode parametrization (spectral_norm) would update its state at every read; cached: every
-    # batch and certificate bounds the same value of each parametrized weight, i.e. one network
-    with torch.no_grad(), eval_mode(model), parametrize.cached():
-        for i in starts:
-            x, y = data.x[i : i + batch_size].to(dev), data.y[i : i + batch_size].to(dev)
-            parts["certified_accuracy"].append(certified_robust(model, x, y, eps=eps, gamma=gamma))
-            lower, upper = gradient_bounds(model, x, y, eps=eps, gamma=gamma, of=of)  # shared by both certificates
-            parts["delta_bound"].append(_delta(model, x, y, lower, upper, p=p, of=of, relative=relative))
-            if features is not None and topk is not None:
-                parts["certified_topk"].append(topk_rule(lower, upper, features, topk))
-            bar.update(1)
-    bar.close()
-    common = {"eps": float(eps), "gamma": float(gamma), "n": len(data), "dataset": data.name, "split": data.split}
-    bounds = torch.cat(parts["delta_bound"])
-    rows = [_row("certified_accuracy", torch.cat(parts["certified_accuracy"]), common),
-            _row("delta_bound", bounds, {**common, "p": p, "of": of, "relative": relative})]
-    if delta is not None:
-        rows.append(_row("certified_delta", bounds <= delta,
-                         {**common, "delta": float(delta), "p": p, "of": of, "relative": relative}))
-    if features is not None:
-        names = sensitive if isinstance(sensitive, str) else ",".join(sensitive or [])
-        rows.append(_row("certified_topk", torch.cat(parts["certified_topk"]),
-                         {**common, "topk": int(topk or 0), "sensitive": names, "of": of}))
-    return rows
-
-
-def _row(metric: str, values: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
-    """A result row of the registered metric `metric` (its direction read from the registry) over `values`."""
-    keyed = {k: v for k, v in opts.items() if k not in ROW_FIELDS}
-    return {"key": row_key(metric, keyed), "metric": metric, **opts, "value": float(values.float().mean()),
-            "higher_is_better": METRICS.meta(metric)["higher_is_better"]}
-
-
-def _sensitive_features(data: Any, sensitive: str | Sequence[str] | None) -> list[int]:
-    """Feature indices of the named sensitive attributes (or feature names) of a tabular dataset."""
-    names = [s.strip() for s in (sensitive.split(",") if isinstance(sensitive, str) else sensitive or []) if s.strip()]
-    groups, features = getattr(data, "sensitive", {}) or {}, getattr(data, "feature_names", None) or []
-    out: list[int] = []
-    for name in names:
-        if name in groups:
-            out += groups[name]
-        elif name in features:
-            out.append(features.index(name))
-        else:
-            valid = ", ".join(groups) or "(none: this dataset marks no sensitive attributes)"
-            raise ConfigError(f"unknown sensitive attribute {name!r} for {data.name or 'this dataset'}; "
-                              f"valid attributes: {valid} (or a feature name)")
-    return sorted(set(out))

@@ -1,0 +1,135 @@
+"""Attributions as metrics take them, and the per-feature tensor helpers the metrics share.
+
+`attribution=` of a metric is a map of x (a tensor), a callable `(model, x, target) -> map` (a Captum wrapper, a
+functools.partial of a clearsight attribution), or the name of a registered attribution (run with its
+defaults). Metrics that only read the map of x accept all three (`explain`); metrics that recompute
+explanations elsewhere (perturbed inputs, another model, an attack) need a callable or a name (`explainer`).
+The target explained is y, the label, for every metric (METHODS.md: g is the gradient of the true-class logit).
+
+A map is [B, ...] like x, or coarser and broadcastable to it ([B, 1, H, W] for grad_cam on [B, C, H, W] images).
+Its entries are the features: ranking, masking and deleting act on them, and a feature of a coarser map covers
+every input entry it broadcasts to (all channels of a pixel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from clearsight.errors import ConfigError, DataError
+from clearsight.metrics.shared import shared
+
+Attribution = torch.Tensor | Callable[..., torch.Tensor] | str
+
+
+def explainer(attribution: Attribution | None, *, metric: str) -> Callable[..., torch.Tensor]:
+    """The callable behind `attribution`, for a metric that recomputes explanations."""
+    if attribution is None:
+        raise ConfigError(f"metric {metric!r} needs attribution=: a callable (model, x, target) -> map or the name of "
+                          "a registered attribution (clearsight list attributions)")
+    if isinstance(attribution, torch.Tensor):
+        raise ConfigError(f"metric {metric!r} recomputes explanations at other inputs or of another model, so a "
+                          "precomputed map is not enough; pass a callable (model, x, target) -> map or the name of "
+                          "a registered attribution instead of a tensor")
+    if isinstance(attribution, str):
+        from clearsight.attributions import ATTRIBUTIONS  # metrics sit above attributions; imported when named
+
+        return ATTRIBUTIONS.get(attribution)
+    if not callable(attribution):
+        raise ConfigError(f"attribution must be a tensor, a callable or a registered name, got {attribution!r}")
+    return attribution
+
+
+def explain(attribution: Attribution | None, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+            metric: str) -> torch.Tensor:
+    """The map of x (target y) [B, ...]: the tensor itself (checked), or computed once per evaluation batch."""
+    if isinstance(attribution, torch.Tensor):
+        return check_map(attribution, x, metric=metric)
+    fn = explainer(attribution, metric=metric)
+    return check_map(shared("attribution", lambda: fn(model, x, y).detach(), fn, model, x, y), x, metric=metric)
+
+
+def check_map(a: torch.Tensor, x: torch.Tensor, *, metric: str, name: str = "attribution") -> torch.Tensor:
+    """`a` on x's device and dtype, refused unless it is [B, ...] broadcastable to x and finite."""
+    if not isinstance(a, torch.Tensor):
+        raise DataError(f"{metric}: {name} must be a tensor, got {type(a).__name__}")
+    if a.dim() < 2 or a.shape[0] != x.shape[0] or a.dim() != x.dim() or not _broadcasts(a.shape[1:], x.shape[1:]):
+        raise DataError(f"{metric}: {name} of shape {tuple(a.shape)} does not fit inputs {tuple(x.shape)}; it must "
+                        "be [B, ...] like x or broadcastable to it (e.g. [B, 1, H, W] for images)")
+    a = a.detach().to(device=x.device, dtype=x.dtype)
+    if a.numel() and not bool(torch.isfinite(a).all()):
+        raise DataError(f"{metric}: {name} holds NaN or infinite values")
+    return a
+
+
+def _broadcasts(small: torch.Size, big: torch.Size) -> bool:
+    return all(s in (1, b) for s, b in zip(small, big, strict=True))
+
+
+def check_mask(mask: torch.Tensor, a: torch.Tensor, *, metric: str, name: str = "mask") -> torch.Tensor:
+    """A boolean per-feature mask shaped like the map `a`, from a mask like x or like the map.
+
+    A mask with more channels than the map marks a feature (a pixel of a one-channel map) when any of its
+    channels is set.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dim() != a.dim() or mask.shape[0] != a.shape[0]:
+        raise DataError(f"{metric}: {name} must be a tensor [B, ...] like the inputs or the map "
+                        f"{tuple(a.shape)}, got {getattr(mask, 'shape', type(mask).__name__)}")
+    m = mask.to(a.device) != 0
+    if m.shape[1] != a.shape[1] and a.shape[1] == 1:
+        m = m.any(dim=1, keepdim=True)
+    try:
+        return m.expand_as(a)
+    except RuntimeError:
+        raise DataError(f"{metric}: {name} of shape {tuple(mask.shape)} does not fit the map "
+                        f"{tuple(a.shape)}") from None
+
+
+def flat(a: torch.Tensor) -> torch.Tensor:
+    """The features of each sample as rows [B, F]."""
+    return a.reshape(a.shape[0], -1)
+
+
+def safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den, with 0/0 undefined (NaN) and x/0 = inf for x > 0."""
+    out = num / den.where(den != 0, torch.ones_like(den))
+    return torch.where(den != 0, out, torch.where(num == 0, torch.full_like(out, float("nan")),
+                                                  torch.full_like(out, float("inf"))))
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..F of each row [B, F] with ties given their average rank (scipy.stats.rankdata's default)."""
+    b, f = values.shape
+    order = values.argsort(dim=1, stable=True)
+    ordered = values.gather(1, order)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = new.cumsum(1) - 1 + torch.arange(b, device=values.device)[:, None] * f  # tie groups, unique per row
+    pos = torch.arange(f, device=values.device, dtype=values.dtype if values.is_floating_point() else torch.float64)
+    pos = pos.expand(b, f).reshape(-1)
+    first = torch.full((b * f,), float(f), dtype=pos.dtype, device=values.device)
+    first = first.scatter_reduce(0, group.reshape(-1), pos, reduce="amin")
+    last = torch.zeros_like(first).scatter_reduce(0, group.reshape(-1), pos, reduce="amax")
+    mean_rank = ((first + last) / 2 + 1)[group.reshape(-1)].view(b, f)
+    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row pair [B, F] -> [B]; NaN where a row is constant (undefined)."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    den = torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(b, dim=1)
+    return (a * b).sum(1) / den.where(den > 0, torch.full_like(den, float("nan")))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each row pair [B, F] -> [B] (average ranks for ties, as scipy)."""
+    return pearson(average_ranks(a), average_ranks(b))
+
+
+def topk_mask(a: torch.Tensor, k: int) -> torch.Tensor:
+    """bool [B, F]: the k largest entries of each row of a [B, F] (ties broken by position)."""
+    return torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(int(k), dim=1).indices, True)
+
