@@ -19,7 +19,9 @@ import hashlib
 import sys
 from pathlib import Path
 
-OFFICIAL_MD5 = {"german.data": "6b94c2e35480e671545e52a808a8a549", "adult.data": "5d7c39d7b8804f071cdd1f2a7c460872"}
+from clearsight.data.tabular import ADULT_MD5, GERMAN_MD5
+
+OFFICIAL_MD5 = {"german.data": GERMAN_MD5, "adult.data": ADULT_MD5}
 
 
 def uci_german(raw: bytes) -> bytes:

@@ -165,7 +165,8 @@ def test_trades_inner_attack_increases_the_kl_and_needs_its_start_noise():
     x_adv = pgd(model, x, y, eps=0.2, steps=10, loss="kl", keep="last", start_sigma=0.001)
     with torch.no_grad():
         before, after = kl(model(start), p), kl(model(x_adv), p)
-        uniform = kl(model(pgd(model, x, y, eps=0.2, steps=1, step_size=0.0)), p)  # a uniform point of the ball
+        # a uniform random point of the ball: the start of a zero-size step, returned unscored
+        uniform = kl(model(pgd(model, x, y, eps=0.2, steps=1, step_size=0.0, keep="last")), p)
     assert bool((after > before).all()) and float(after.mean()) > 5 * float(uniform.mean())
     # at x itself the KL is at its minimum, its gradient 0 up to rounding: the reason for the Gaussian start
     at_x, at_start = x.clone().requires_grad_(True), start.clone().requires_grad_(True)
@@ -271,6 +272,15 @@ def test_fit_fills_the_budget_from_its_training_data_and_records_it(tmp_path):
 
 
 # ---------------------------------------------------------------- the renamed learning-rate decay
+
+def test_fit_reads_the_old_gamma_keyword_as_lr_decay():
+    data = cs.data.load("german-credit", "train").subset(torch.arange(64))
+    model = build("mlp", num_classes=2, input_shape=data.input_shape, widths=[8])
+    with pytest.warns(FutureWarning, match="lr_decay"):
+        history = cs.fit(model, "standard", data, epochs=2, batch_size=32, schedule="step", milestones=(0.5,),
+                         gamma=0.5, lr=0.1, progress="none", val_fraction=0.0)
+    assert history[1]["lr"] == pytest.approx(0.05)  # the second epoch runs at lr * lr_decay
+
 
 def test_train_gamma_is_read_as_lr_decay_with_a_warning(tmp_path):
     with pytest.warns(FutureWarning, match="train.gamma .* is now train.lr_decay"):

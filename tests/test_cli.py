@@ -98,6 +98,33 @@ def test_help_and_list():
     assert "source='mnist-mini'" in listing.stdout  # options are shown
     metrics = run("list", "metrics").stdout
     assert "options: eps, delta, gamma=0.0" in metrics and "_empty" not in metrics  # required options bare
+    objectives_listing = run("list", "objectives").stdout
+    assert "eps=<dataset budget>" in objectives_listing and "eps=None" not in objectives_listing
+    for command in ("targets",):
+        assert command in result.stdout
+
+
+def _objective_cases() -> list:
+    from clearsight.objectives import OBJECTIVES
+
+    # every registered objective except those that read extras from a file (ir: tests/test_seed_objectives.py)
+    return [n for n in OBJECTIVES.names() if not OBJECTIVES.meta(n).get("extras")]
+
+
+@pytest.mark.parametrize("name", _objective_cases())
+def test_every_objective_trains_from_the_cli_on_german_credit(tmp_path, name):
+    from clearsight.objectives import OBJECTIVES, objective_options
+
+    fast = ["--set", "objective.steps=1"] if "steps" in objective_options(name) else []
+    out = tmp_path / name
+    code = main(["train", "--dataset", "german-credit", "--model", "mlp", "--objective", name, "--epochs", "1",
+                 "--set", "model.widths=[16]", "--set", "train.progress=none", *fast, "--out", str(out)])
+    assert code == 0
+    config = io.read_yaml(out / "config.yaml")
+    assert config["objective"]["name"] == name
+    if "eps" in OBJECTIVES.meta(name).get("budgets", ()):
+        assert config["objective"]["eps"] == 0.05  # the tabular training budget, written down
+    assert io.read_jsonl(out / "log.jsonl")[0]["epoch"] == 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -322,6 +322,40 @@ def test_ensure_file_present_missing_and_no_checksum(tmp_path):
     assert ensure_file(path, _md5(b"abd"), [], download_ok=False, how="", verify_present=False) == path
 
 
+def _small_t10k() -> dict[str, bytes]:
+    """Two files in the official t10k format (5 random images and their labels), written here."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=5, dtype=np.uint8)
+    return {T10K[0]: gzip.compress(struct.pack(">HBB3I", 0, 8, 3, 5, 28, 28) + images.tobytes()),
+            T10K[1]: gzip.compress(struct.pack(">HBBI", 0, 8, 1, 5) + labels.tobytes())}
+
+
+def test_load_mnist_download_end_to_end_with_written_files(server, tmp_path, monkeypatch):
+    files = _small_t10k()
+    for name, blob in files.items():
+        server.routes[f"/mirror2/{name}"] = blob
+    monkeypatch.setitem(images.IDX_SOURCES["mnist"], "mirrors", [server.url + "/mirror1/", server.url + "/mirror2/"])
+    monkeypatch.setitem(images.IDX_SOURCES["mnist"], "md5", {n: _md5(b) for n, b in files.items()})
+    root = tmp_path / "root"
+    ds = cs.data.load("mnist", split="test", root=root, download=True)
+    assert server.requests == [f"/mirror{m}/{name}" for name in T10K for m in (1, 2)]  # the first mirror 404s
+    assert _all_files(root) == ["mnist", *(f"mnist/{n}" for n in T10K)]
+    pixels = np.frombuffer(gzip.decompress(files[T10K[0]])[16:], dtype=np.uint8).reshape(5, 1, 28, 28)
+    assert torch.equal(ds.x, torch.from_numpy(pixels.astype(np.float32) / 255))
+    assert ds.y.tolist() == list(gzip.decompress(files[T10K[1]])[8:])
+    again = cs.data.load("mnist", split="test", root=root, download=True)  # present now: no new request
+    assert len(server.requests) == 4 and torch.equal(again.x, ds.x)
+    # the two files swapped on the mirror: each has the other's checksum, both are refused, nothing is kept
+    for name in T10K:
+        server.routes[f"/m/{name}"] = files[T10K[1 - T10K.index(name)]]
+    monkeypatch.setitem(images.IDX_SOURCES["mnist"], "mirrors", [server.url + "/m/"])
+    with pytest.raises(DataError) as err:
+        cs.data.load("mnist", split="test", root=tmp_path / "other", download=True)
+    assert T10K[0] in str(err.value) and _md5(files[T10K[0]]) in str(err.value)
+    assert list((tmp_path / "other" / "mnist").iterdir()) == []
+
+
 @pytest.mark.shared_data
 def test_load_mnist_download_end_to_end(server, tmp_path, shared_data, monkeypatch):
     for name in T10K:

@@ -62,7 +62,8 @@ def fill_budgets(name: str, options: Mapping[str, Any], dataset: str | None) -> 
     norm = options.get("norm", defaults.get("norm", "linf"))
     budgets = DATASETS.meta(dataset).get("train_eps", {}) if dataset in DATASETS else {}
     if norm not in budgets:
-        what = f"dataset {dataset!r} declares" if dataset in DATASETS else f"{dataset!r} is no registered dataset, so"
+        what = (f"dataset {dataset!r} declares" if dataset in DATASETS else
+                f"{dataset!r} is no registered dataset, so" if dataset else "the data have no dataset name, so")
         raise ConfigError(f"objective {name!r} needs {missing[0]}: {what} no {norm} training budget; give it "
                           f"explicitly ({missing[0]}=... in Python, --set objective.{missing[0]}=... on the CLI)")
     return {**options, **dict.fromkeys(missing, budgets[norm])}

@@ -28,7 +28,9 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: f
     taken with create_graph=True, so the penalty is differentiated with respect to the parameters (one double
     backward per step). m_i is 1 everywhere, or with `explanation_mask` the per-sample mask the dataset
     supplies as that extra (decoy-mnist's "mask": its decoy patch), so only gradient mass inside the mask is
-    penalized and the model learns to ignore what the mask covers.
+    penalized and the model learns to ignore what the mask covers. The per-sample gradients come from one
+    backward pass of the batch sum; that is exact when samples do not interact, which train-mode batch norm
+    breaks (resnet18: each d L_i / d x_i then also carries the other samples' share through the batch statistics).
 
     Args:
         lam: weight of the penalty (ours: 1.0; both papers tune it per dataset).

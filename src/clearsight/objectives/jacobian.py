@@ -25,7 +25,9 @@ def jacobian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float =
     product (create_graph=True). With `projections="random"` every v_p is a uniform random unit vector of R^C,
     drawn per sample, so C * ||v^T J||^2 is an unbiased estimate of ||J||_F^2 (E[v v^T] = I / C), as in the
     authors' code. With `"orthonormal"` the v_p are the first n_proj vectors of one random orthonormal basis of
-    R^C (shared by the batch); n_proj = C then gives ||J||_F^2 exactly (the trace over a full basis).
+    R^C (shared by the batch); n_proj = C then gives ||J||_F^2 exactly (the trace over a full basis). Each
+    vector-Jacobian product covers the whole batch at once, which is per-sample unless train-mode batch norm
+    couples the samples.
 
     Args:
         lam: weight lambda_JR (the authors' code: 0.01).
