@@ -7,14 +7,20 @@
 A step is what `clearsight.fit` does per batch: the objective, backward, optimizer step (SGD, momentum), with the
 model in train mode. All objectives are timed in the same rounds, their order rotated each round so load drift
 hits all alike; each row is the median over rounds of one step's time, and its ratio to the median standard
-step of the same model and batch (batch 128). Targets (issues 12 and 14): double-backprop objectives at most 3x a
-standard step; an attack-based objective with k attack steps at most (k + 1) x 1.1 standard steps (its budget
-column).
+step of the same model and batch (batch 128). Targets: double-backprop objectives (input-gradient, jacobian, ir,
+activation-sensitivity) at most 3x a standard step; an attack-based objective with k attack steps (pgd-at,
+trades, consistency-at, scaat) at most (k + 1) x 1.1 standard steps, plus 1 for scaat's saliency pass (the
+target column).
 
 Column "attack/floor": for attack-based objectives, the time of the `clearsight.attacks.pgd` call inside the step
 (mode switches, layout swap and probe, input checks, k steps) divided by the time of k bare forward+backward
 passes with respect to the input at the same batch in the same round (the passes it must make): what the
 attack's machinery costs beyond its passes.
+
+`--targets`: `clearsight.targets.teacher_maps` (the work of `clearsight targets`: n=50 clipped noisy copies plus
+the clean image per image, sparsified) over the first --targets-images mnist-mini training images in batches of
+256, against its floor, the 51 input-gradient passes per image it must make, timed as plain eval-mode passes at
+the batch size that maps use (256 rows), in the same rounds.
 
 Peak memory: each objective runs in a fresh subprocess: one warm-up step, then glibc's free memory is returned to
 the system (malloc_trim) and the resident set size is read as the baseline; a thread samples it every 0.2 ms
@@ -43,7 +49,10 @@ import torch.nn.functional as F
 import clearsight as cs
 from clearsight.modes import eval_mode, frozen_parameters
 
-STEPS = {"pgd-at": 7, "trades": 10}  # attack steps timed (pgd-at: 7 as in Madry et al.'s CIFAR setting)
+# attack steps timed (pgd-at: 7 as in Madry et al.'s CIFAR setting; trades: METHODS.md's 10) and the extra
+# passes an objective is allowed beyond its k attack steps and one training step (scaat: its saliency pass)
+STEPS = {"pgd-at": 7, "trades": 10, "consistency-at": 7, "scaat": 7}
+EXTRA_PASSES = {"scaat": 1.0}
 SETUPS = {"small-cnn": ("mnist-mini", {}), "mlp": ("german-credit", {"widths": [256, 256]})}
 BATCH = 128
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -56,6 +65,7 @@ def setup(model_name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor,
     model = cs.models.build(model_name, num_classes=data.num_classes, input_shape=data.input_shape, **options)
     batch = data.batch(torch.arange(BATCH))
     x, y = batch.pop("x"), batch.pop("y")
+    batch["target_map"] = torch.randn_like(x)  # ir's extra (a real teacher's maps cost the same to read)
     return model, x, y, batch
 
 
@@ -145,7 +155,7 @@ def bench_model(model_name: str, names: list[str], rounds: int) -> list[dict[str
         t = statistics.median(times[n])
         k = STEPS.get(n)
         double = cs.objectives.OBJECTIVES.meta(n)["needs_double_backprop"]
-        budget = (k + 1) * 1.1 if k is not None else 3.0 if double else None
+        budget = (k + 1) * 1.1 + EXTRA_PASSES.get(n, 0.0) if k is not None else 3.0 if double else None
         row = {"model": model_name, "objective": n, "ms": 1e3 * t, "ratio": t / base, "budget": budget,
                "attack_steps": k}
         if n in floors:
@@ -187,6 +197,36 @@ def memory_child(model_name: str, name: str) -> None:
     print(json.dumps({"mib": max(peak[0] - baseline, 0) / 2**20}))
 
 
+def bench_targets(images: int, rounds: int) -> dict[str, float]:
+    from clearsight import targets
+
+    model, _, _, _ = setup("small-cnn")
+    model.eval()
+    data = cs.data.load("mnist-mini", "train")
+    x, y = data.x[:images], data.y[:images]
+
+    def maps() -> None:
+        g = torch.Generator().manual_seed(0)
+        for i in range(0, images, 256):
+            targets.teacher_maps(model, x[i : i + 256], y[i : i + 256], generator=g)
+
+    rows = data.x[:256]
+
+    def floor() -> None:  # 51 passes per image, 256 rows per pass
+        passes = input_passes(model, rows, data.y[:256], 1)
+        for _ in range(-(-images * 51 // 256)):
+            passes()
+
+    maps()
+    floor()
+    t_maps, t_floor = [], []
+    for _ in range(rounds):
+        t_maps.append(timed(maps))
+        t_floor.append(timed(floor))
+    return {"images": images, "maps_s": statistics.median(t_maps), "floor_s": statistics.median(t_floor),
+            "ratio": statistics.median(a / b for a, b in zip(t_maps, t_floor, strict=True))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -194,13 +234,20 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="objectives to time (standard is always included)")
     parser.add_argument("--models", nargs="*", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--memory", nargs=2, metavar=("MODEL", "OBJECTIVE"), help=argparse.SUPPRESS)
+    parser.add_argument("--targets", action="store_true", help="time the target maps against their floor instead")
+    parser.add_argument("--targets-images", type=int, default=1024)
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.memory:
         memory_child(*args.memory)
         return 0
-    names = ["standard", *[n for n in (args.only or cs.objectives.OBJECTIVES.names()) if n != "standard"]]
     rounds = 3 if args.quick else args.rounds
+    if args.targets:
+        r = bench_targets(256 if args.quick else args.targets_images, 2 if args.quick else 5)
+        print(f"targets over {r['images']} images: {r['maps_s']:.1f} s, floor {r['floor_s']:.1f} s, "
+              f"ratio {r['ratio']:.3f} (median of paired rounds)")
+        return 0
+    names = ["standard", *[n for n in (args.only or cs.objectives.OBJECTIVES.names()) if n != "standard"]]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, {rounds} rounds")
     print(f"{'model':<10} {'objective':<22} {'ms/step':>9} {'x standard':>11} {'target':>8} {'attack/floor':>13} "
           f"{'peak MiB':>9}")

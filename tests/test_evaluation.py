@@ -333,3 +333,60 @@ def test_bad_attribution_inputs_get_clear_errors():
         cs.metrics.gini(model, ds.x, ds.y, attribution="gradiant")
     with pytest.raises(ConfigError, match="subset must be an integer in 1..15"):
         cs.metrics.faithfulness_correlation(model, ds.x, ds.y, attribution="gradient", subset=16)
+
+
+def test_a_row_does_not_change_the_values_of_the_other_rows():
+    """Each random row draws from a stream of its own: PGD starts, the adversarial pool's PGD, the attribution
+    calls of a sensitivity row at perturbed inputs; the shared smoothgrad map keeps its own stream."""
+    model, ds = mlp(), toy(n=30)
+    base = [{"metric": "robust_accuracy", "attack": "pgd", "eps": 0.3, "steps": 2},
+            {"metric": "gini", "attribution": {"name": "smoothgrad", "n": 3}}]
+    extra = [{"metric": "neuron_consistency", "pool": "adversarial", "k": 3, "steps": 2},
+             {"metric": "max_sensitivity", "attribution": {"name": "smoothgrad", "n": 3}, "n": 2},
+             {"metric": "randomisation", "attribution": {"name": "smoothgrad", "n": 3}}]
+    alone = {r["key"]: r["value"] for r in cs.evaluate_rows(model, ds, suite={"rows": base}, batch_size=10,
+                                                            progress="none")}
+    together = {r["key"]: r["value"] for r in cs.evaluate_rows(model, ds, suite={"rows": extra + base},
+                                                               batch_size=10, progress="none")}
+    assert all(together[k] == alone[k] for k in alone), (alone, together)
+    assert 0.0 < alone["robust_accuracy/attack=pgd/eps=0.3/steps=2"] < 1.0  # the attack does something here
+
+
+def test_localisation_leaves_the_decoy_patch_out_of_the_strokes():
+    """On decoy-mnist the patch is bright for digits 0-5; it must not count as the object."""
+    data = cs.data.load("decoy-mnist", "test").subset(torch.arange(60))
+    patch = data.extras["mask"]
+    on_patch = patch.clone()  # a map whose only mass is on the patch: a shortcut
+    model = cs.models.build("small-cnn", num_classes=10).eval()
+    rows = {r["metric"]: r["value"] for r in cs.evaluate_rows(model, data, progress="none", suite={"rows": [
+        {"metric": m, "attribution": {"name": "gradient"}} for m in ("relevance_mass", "pointing_game")]})}
+    g = cs.attributions.gradient(model, data.x, data.y)
+    for name, value in rows.items():  # the driver passes the dataset's mask as `exclude`
+        with_exclude = cs.metrics.get(name)(model, data.x, data.y, attribution=g, exclude=patch)
+        assert value == pytest.approx(float(with_exclude.nanmean()), rel=1e-5), name
+    bright = (data.x * patch).flatten(1).amax(1) > 0.5  # samples whose patch would pass as stroke
+    assert bool(bright.any())
+    for name in ("relevance_mass", "pointing_game"):
+        fn = cs.metrics.get(name)
+        fooled = fn(model, data.x, data.y, attribution=on_patch)  # without exclude the patch is "object"
+        fixed = fn(model, data.x, data.y, attribution=on_patch, exclude=patch)
+        assert bool((fooled[bright] == 1.0).all()) and float(fixed.nan_to_num(0.0).max()) == 0.0, name
+
+
+def test_degenerate_maps_have_no_localisation_value_and_parametrized_layers_are_refused():
+    model, ds = mlp(), toy(n=6)
+    for name in ("pointing_game", "relevance_rank"):
+        values = cs.metrics.get(name)(model, ds.x, ds.y, attribution=torch.zeros_like(ds.x),
+                                      mask=torch.ones_like(ds.x))
+        assert bool(values.isnan().all()), name
+        constant = cs.metrics.get(name)(model, ds.x, ds.y, attribution=torch.full_like(ds.x, 0.3),
+                                        mask=torch.ones_like(ds.x))
+        assert bool(constant.isnan().all()), name
+    zero = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        zero[1].weight.zero_()  # a zero input gradient everywhere: the relative change is undefined
+    s = cs.metrics.get("max_sensitivity")(zero, ds.x, ds.y, attribution="gradient", n=2)
+    assert bool(s.isnan().all())
+    spectral = nn.Sequential(nn.Flatten(), nn.utils.parametrizations.spectral_norm(nn.Linear(16, 3)))
+    with pytest.raises(ConfigError, match="parametrized"):
+        cs.metrics.get("randomisation")(spectral, ds.x, ds.y, attribution="gradient")

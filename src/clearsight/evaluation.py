@@ -7,16 +7,20 @@ per batch and shared by every row that reads it. What a row needs comes from its
 - `needs` "attribution"/"explainer": the row's attribution spec is bound once per evaluation (a seeded generator
   of its own when it draws noise) and given to the metric as a callable;
 - `extras`: the batch's per-sample dataset extras of those names (decoy-mnist's `mask`, IR's `target_map`);
+  `optional_extras` {keyword: extra}: passed as that keyword when the dataset has the extra (the localisation
+  metrics leave decoy-mnist's patch out of the strokes);
 - `context`: dataset-level metadata (sensitive feature groups, feature names);
 - `worst_case_over`: a row whose attack list extends an earlier row's list (same other options) starts from that
   row's per-sample values, attacking only the samples it left robust;
 - `curves`: the curves are computed once, reduced to the values, and their means kept in the row;
 - `pooled`: a pool statistic (neuron consistency) accumulated over the batches and finished at the end.
-Random rows draw from a generator of their own, seeded from the evaluation seed and the row key: adding a row
-does not change another's values, and metric noise is drawn per sample (`clearsight.metrics.perturb`), so values
-do not depend on `batch_size` or `max_batch`. (Noise an attribution draws, smoothgrad's, comes in blocks of rows
-that can straddle batches; such maps depend on the batch size unless batch_size * n is a multiple of
-`clearsight.attributions.NOISE_BLOCK`.) The hygiene check is not per sample: it runs once after the loop.
+Random rows draw from a generator of their own, seeded from the evaluation seed and the row key (attack random
+starts, metric noise, the noise of attribution calls at perturbed inputs, `maps.with_generator`), and a shared
+attribution map draws from its attribution's own stream: adding a row does not change another's values. Metric
+noise is drawn per sample (`clearsight.metrics.perturb`), so those values do not depend on `batch_size` or
+`max_batch`; attack random starts and attribution noise (smoothgrad's, drawn in blocks of rows that can straddle
+batches) are drawn per batch, so those rows do depend on the batch size, as any random start does.
+The hygiene check is not per sample: it runs once after the loop.
 """
 
 from __future__ import annotations
@@ -149,7 +153,7 @@ class _Plan:
     call: Callable[..., torch.Tensor]
     options: dict[str, Any]
     meta: dict[str, Any]
-    extras: tuple[str, ...]
+    extras: dict[str, str]  # keyword -> the per-sample dataset extra passed as it
     base: _Plan | None = None  # worst case: the earlier row this one extends, and the attacks left to run
     rest: list[Spec] | None = None
     pool: Any = None
@@ -165,7 +169,7 @@ class _Plan:
         began = time.perf_counter()
         keep = self.limit(first + batch["y"].shape[0]) - first
         x, y = batch["x"][:keep], batch["y"][:keep]
-        kwargs = {**self.options, **{k: batch[k][:keep] for k in self.extras}}
+        kwargs = {**self.options, **{kw: batch[extra][:keep] for kw, extra in self.extras.items()}}
         if self.pool is not None:
             self.pool.update(model, x, y, first)
         elif self.base is not None:
@@ -220,15 +224,19 @@ def _plans(rows: Sequence[Row], data: ArrayDataset, device: torch.device, seed: 
         if max_batch is not None and "max_batch" in accepted and "max_batch" not in options:
             options["max_batch"] = max_batch
         options.update(_context(meta, data))
-        extras = tuple(meta.get("extras", ()))
-        missing = [e for e in extras if e not in data.extras]
+        required = tuple(meta.get("extras", ()))
+        missing = [e for e in required if e not in data.extras]
         if missing:
             raise ConfigError(f"metric {row.metric!r} needs the per-sample extra {missing[0]!r}, which "
                               f"{data.name or 'this dataset'} does not have (its extras: "
                               f"{', '.join(data.extras) or 'none'}); drop the row or use a dataset that has it")
+        # optional extras (metadata keyword -> extra): passed when the dataset has them, e.g. the decoy patch
+        # that the localisation metrics leave out of the strokes
+        extras = {e: e for e in required} | {kw: e for kw, e in meta.get("optional_extras", {}).items()
+                                             if e in data.extras}
         plan = _Plan(row, fn, options, meta, extras)
         if "pooled" in meta:
-            plan.pool = meta["pooled"](**row.options)
+            plan.pool = meta["pooled"](**options)  # with the row's own generator, like any random row
         if meta.get("worst_case_over") in row.options:
             plan.base, plan.rest = _extends(row, meta["worst_case_over"], plans)
         plans.append(plan)

@@ -40,7 +40,7 @@ def attack_list(attack: Any) -> list[Spec]:
                   description="1 where the input is classified correctly and no attack changes that")
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
                     attack: str | Sequence[Any] = "pgd", steps: int = 40, loss: str = "ce",
-                    restarts: int = 1) -> torch.Tensor:
+                    restarts: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-sample robustness [B] under attacks at `eps` (METHODS.md: the AutoAttack worst-case convention).
 
     Args:
@@ -49,8 +49,11 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
             An attack's own options override the shared ones: [("pgd", {}), ("apgd", {"steps": 100, "loss":
             "dlr"})] runs pgd with `steps` and `loss` and apgd-100 with the dlr loss.
         steps, loss, restarts: the shared options, given to every attack that has them (fgsm: only loss).
+        generator: seeds the random starts of the attacks that have them (in evaluation: the row's own, so the
+            row does not depend on the other rows); None draws from torch's global RNG.
     """
-    shared: dict[str, Any] = {"eps": eps, "norm": norm, "loss": loss, "steps": steps, "restarts": restarts}
+    shared: dict[str, Any] = {"eps": eps, "norm": norm, "loss": loss, "steps": steps, "restarts": restarts,
+                              "generator": generator}
     fns = []
     for name, own in attack_list(attack):
         attack_fn = prediction_attack(name)

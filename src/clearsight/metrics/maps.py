@@ -13,6 +13,7 @@ every input entry it broadcasts to (all channels of a pixel).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -40,6 +41,16 @@ def explainer(attribution: Attribution | None, *, metric: str) -> Callable[..., 
     if not callable(attribution):
         raise ConfigError(f"attribution must be a tensor, a callable or a registered name, got {attribution!r}")
     return attribution
+
+
+def with_generator(fn: Callable[..., torch.Tensor], generator: torch.Generator | None) -> Callable[..., torch.Tensor]:
+    """`fn` with the generator bound in it (a seeded attribution, as the evaluation driver binds them) replaced by
+    `generator`. Metrics that call the attribution at other inputs use it, so those calls draw from the row's own
+    stream and leave the stream of the shared map of x (and so every other row) as it would be without them."""
+    if (generator is None or not isinstance(fn, functools.partial)
+            or not isinstance(fn.keywords.get("generator"), torch.Generator)):
+        return fn
+    return functools.partial(fn.func, *fn.args, **{**fn.keywords, "generator": generator})
 
 
 def explain(attribution: Attribution | None, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,

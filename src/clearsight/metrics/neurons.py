@@ -38,11 +38,12 @@ class ConsistencyPool:
     """
 
     def __init__(self, *, layer: str = "penultimate", pool: str = "real", k: int = 10, eps: float = 0.1,
-                 norm: str = "linf", steps: int = 10, similarity: Sequence[Sequence[float]] | None = None) -> None:
+                 norm: str = "linf", steps: int = 10, similarity: Sequence[Sequence[float]] | None = None,
+                 generator: torch.Generator | None = None) -> None:
         if pool not in POOLS:
             raise ConfigError(f"unknown pool {pool!r}; valid pools: {', '.join(POOLS)}")
         self.layer, self.pool, self.k = layer, pool, positive_int("k", k)
-        self.attack = {"eps": eps, "norm": norm, "steps": positive_int("steps", steps)}
+        self.attack = {"eps": eps, "norm": norm, "steps": positive_int("steps", steps), "generator": generator}
         self.similarity = similarity
         self.values: torch.Tensor | None = None  # [U, k'] activations of the top members
         self.members = self.labels = torch.empty(0)  # [U, k'] pool member ids, their labels
@@ -117,7 +118,8 @@ class ConsistencyPool:
                               "layer mean; per-sample shares of a pool statistic")
 def neuron_consistency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer: str = "penultimate",
                        pool: str = "real", k: int = 10, eps: float = 0.1, norm: str = "linf", steps: int = 10,
-                       similarity: Sequence[Sequence[float]] | None = None) -> torch.Tensor:
+                       similarity: Sequence[Sequence[float]] | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Neuron consistency (Dong et al., arXiv 1901.09035 [recon]) with the batch as the pool; per-sample shares
     [B] whose mean is the consistency in [0, 1] (see the module docstring).
 
@@ -127,8 +129,10 @@ def neuron_consistency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, la
             "both".
         k: most-activating images per unit.
         similarity: the class-similarity matrix A (C x C); None -> the identity (class purity).
+        generator: seeds the PGD random starts of the adversarial pool; None draws from torch's global RNG.
     """
-    state = ConsistencyPool(layer=layer, pool=pool, k=k, eps=eps, norm=norm, steps=steps, similarity=similarity)
+    state = ConsistencyPool(layer=layer, pool=pool, k=k, eps=eps, norm=norm, steps=steps, similarity=similarity,
+                            generator=generator)
     state.update(model, x, y, 0)
     return state.finish(x.shape[0]).to(x.dtype)
 

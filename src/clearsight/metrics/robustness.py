@@ -18,12 +18,13 @@ from clearsight.attributions.chunks import DEFAULT_MAX_BATCH, map_rows
 from clearsight.attributions.guard import positive_int
 from clearsight.checks import check_inputs, check_labels, check_radius
 from clearsight.errors import ConfigError
-from clearsight.metrics.maps import Attribution, explain, explainer, flat, safe_ratio, spearman, topk_mask
+from clearsight.metrics.maps import Attribution, explain, explainer, flat, spearman, topk_mask, with_generator
 from clearsight.metrics.perturb import SampleNoise
 from clearsight.metrics.registry import METRICS
 from clearsight.metrics.shared import shared
 
 REDUCTIONS = ("max", "mean")
+ATTACK_CHUNK = 16  # samples per explanation attack: bounds its memory (the attack is per sample anyway)
 
 
 def sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attribution: Attribution | None = None,
@@ -34,7 +35,8 @@ def sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attributi
 
     Per sample [B]; Frobenius norms of the whole map (Quantus 0.6's defaults: fro norms, uniform noise of
     half-width 0.2). Unlike Quantus, x' is clipped to [0, 1], the input domain every clearsight attribution
-    checks. NaN where a(x) = 0 and a(x') = a(x); inf where a(x) = 0 only. `abs` compares |a| instead of a.
+    checks. NaN where a(x) = 0 (the relative change is undefined). `abs` compares |a| instead of a. The
+    attribution's calls at x' draw any noise they need (smoothgrad's) from `generator` (`maps.with_generator`).
     """
     if reduce not in REDUCTIONS:
         raise ConfigError(f"unknown reduce {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
@@ -47,14 +49,16 @@ def sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attributi
     a0 = explain(fn, model, x, y, metric=metric)
     a0 = flat(a0.abs() if abs else a0)
     noise = SampleNoise(n, tuple(x.shape[1:]), kind="uniform", generator=generator, dtype=x.dtype, device=x.device)
+    at_moved = with_generator(fn, generator)
 
     def evaluate(sample: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
         moved = (x[sample] + r * (2 * noise.rows(sample, copy) - 1)).clamp(0.0, 1.0)
-        a = flat(fn(model, moved, y[sample]).detach())
+        a = flat(at_moved(model, moved, y[sample]).detach())
         return torch.linalg.vector_norm((a.abs() if abs else a) - a0[sample], dim=1)
 
     change = map_rows(evaluate, batch=x.shape[0], n=n, max_batch=max_batch, device=x.device)
-    ratio = safe_ratio(change, torch.linalg.vector_norm(a0, dim=1)[:, None].expand_as(change))
+    norm = torch.linalg.vector_norm(a0, dim=1)[:, None].expand_as(change)
+    ratio = (change / norm.clamp_min(torch.finfo(change.dtype).tiny)).where(norm > 0, torch.nan)
     return ratio.amax(1) if reduce == "max" else ratio.mean(1)
 
 
@@ -94,11 +98,19 @@ def attacked_maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attributio
     attack the same attribution with the same options (topk_intersection and rank_correlation)."""
     fn = explainer(attribution, metric=metric)
     a0 = explain(fn, model, x, y, metric=metric)
+    # the attack's many attribution calls draw their noise from a stream of their own, fresh per batch
+    own = with_generator(fn, torch.Generator(device=x.device).manual_seed(0))
 
     def attack() -> torch.Tensor:
-        x_adv = explanation_attack(model, x, y, attribution=fn, eps=eps, steps=steps, topk=topk, beta=beta,
-                                   base_map=a0)
-        return fn(model, x_adv, y).detach()
+        # in chunks of samples: the attack differentiates through the attribution (create_graph), and a
+        # multi-sample attribution keeps every copy's graph at once (about 37 MB per image for smoothgrad n=50)
+        maps = []
+        for i in range(0, x.shape[0], ATTACK_CHUNK):
+            part = slice(i, i + ATTACK_CHUNK)
+            x_adv = explanation_attack(model, x[part], y[part], attribution=own, eps=eps, steps=steps, topk=topk,
+                                       beta=beta, base_map=a0[part])
+            maps.append(own(model, x_adv, y[part]).detach())
+        return torch.cat(maps)
 
     return a0, shared(("explanation_attack", eps, steps, topk, beta), attack, fn, model, x, y)
 

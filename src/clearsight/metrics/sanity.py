@@ -13,10 +13,12 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from clearsight.attributions.guard import positive_int
 from clearsight.checks import check_inputs, check_labels
-from clearsight.metrics.maps import Attribution, explain, explainer, flat, spearman
+from clearsight.errors import ConfigError
+from clearsight.metrics.maps import Attribution, explain, explainer, flat, spearman, with_generator
 from clearsight.metrics.registry import METRICS
 
 
@@ -38,7 +40,12 @@ def randomised(model: nn.Module, *, layers: int = 1, seed: int = 0) -> Iterator[
     swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         with torch.random.fork_rng(devices=[torch.device("cuda", i) for i in devices]):
-            for _, module in top_layers(model, layers):
+            for name, module in top_layers(model, layers):
+                if parametrize.is_parametrized(module):
+                    # reset_parameters writes the computed weight, not its original: nothing would change
+                    raise ConfigError(f"randomisation cannot re-initialize {name} ({type(module).__name__}): it is "
+                                      "parametrized (e.g. spectral_norm), so reset_parameters leaves its weights as "
+                                      "they are; remove the parametrization for the check")
                 fresh = copy.deepcopy(module)
                 torch.manual_seed(seed)
                 fresh.reset_parameters()  # type: ignore[operator]
@@ -75,8 +82,10 @@ def randomisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attribu
     fn = explainer(attribution, metric="randomisation")
     trained = flat(explain(fn, model, x, y, metric="randomisation"))
     with randomised(model, layers=layers, seed=seed):
-        # called directly, not through the batch cache: the cache knows the model by identity, not its weights
-        random = flat(fn(model, x, y).detach())
+        # called directly, not through the batch cache: the cache knows the model by identity, not its weights;
+        # its noise (smoothgrad's) from a stream of its own, so the shared map's stream is left alone
+        own = with_generator(fn, torch.Generator(device=x.device).manual_seed(seed))
+        random = flat(own(model, x, y).detach())
     if abs:
         trained, random = trained.abs(), random.abs()
     return spearman(trained, random)
