@@ -390,3 +390,11 @@ def test_degenerate_maps_have_no_localisation_value_and_parametrized_layers_are_
     spectral = nn.Sequential(nn.Flatten(), nn.utils.parametrizations.spectral_norm(nn.Linear(16, 3)))
     with pytest.raises(ConfigError, match="parametrized"):
         cs.metrics.get("randomisation")(spectral, ds.x, ds.y, attribution="gradient")
+
+
+def test_rows_read_back_hold_numbers_for_non_finite_values(tmp_path):
+    row = results.make_row("gini", {}, torch.tensor([float("nan")]), higher_is_better=True,
+                           where={"dataset": "toy", "split": "test", "suite": "x"})
+    cs.io.write_jsonl(tmp_path / "r.jsonl", [row])
+    back = results.read_rows(tmp_path / "r.jsonl")[0]
+    assert isinstance(back["value"], float) and back["value"] != back["value"]  # NaN as a number

@@ -45,7 +45,7 @@ from clearsight.metrics.shared import batch_cache
 from clearsight.metrics.suites import HYGIENE_SAMPLES, Row, Suite
 from clearsight.modes import eval_mode, resolve_device
 from clearsight.progress import reporter
-from clearsight.results import make_row, row_key
+from clearsight.results import hygiene_row, make_row, row_key
 from clearsight.specs import Spec, is_spec, spec, spec_text
 
 
@@ -130,8 +130,7 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
             n = min(len(data), HYGIENE_SAMPLES)
             warnings = check(model, data.x[:n].to(dev), data.y[:n].to(dev), **spec.hygiene)
             bar.update(1)
-            rows.append({**make_row("hygiene", spec.hygiene, torch.full((n,), float(len(warnings))),
-                                    higher_is_better=False, where=where), "warnings": warnings})
+            rows.append(hygiene_row(spec.hygiene, n, warnings, where=where))
     bar.close()
     return rows
 

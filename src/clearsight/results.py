@@ -65,15 +65,28 @@ def make_row(metric: str, options: Mapping[str, Any], values: torch.Tensor, *, h
     return row
 
 
+def hygiene_row(options: Mapping[str, Any], n: int, warnings: Sequence[str], *, where: Mapping[str, Any]
+                ) -> dict[str, Any]:
+    """The row of the gradient-masking checks on n samples: its value is the number of warnings, which it always
+    lists (an empty list: none)."""
+    row = make_row("hygiene", options, torch.full((n,), float(len(warnings))), higher_is_better=False, where=where)
+    return {**row, "warnings": list(warnings)}
+
+
 def upgrade(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row in the current form: a row written before options moved under "options" gets them moved there,
     and its attack-list strings ("pgd+apgd:loss=dlr,steps=100") become [[name, options], ...]. Keys are kept."""
+    row = {**row, "value": _number(row.get("value"))}  # io writes non-finite floats as "nan", "inf", "-inf"
     if "options" in row:
-        return dict(row)
+        return row
     options = {k: v for k, v in row.items() if k not in ROW_FIELDS}
     if isinstance(options.get("attack"), str):
         options["attack"] = plain(_legacy_attacks(options["attack"]))
     return {**{k: v for k, v in row.items() if k in ROW_FIELDS}, "options": options}
+
+
+def _number(value: Any) -> Any:
+    return float(value) if value in ("nan", "inf", "-inf") else value
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
