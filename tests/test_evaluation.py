@@ -398,3 +398,22 @@ def test_rows_read_back_hold_numbers_for_non_finite_values(tmp_path):
     cs.io.write_jsonl(tmp_path / "r.jsonl", [row])
     back = results.read_rows(tmp_path / "r.jsonl")[0]
     assert isinstance(back["value"], float) and back["value"] != back["value"]  # NaN as a number
+
+
+def test_deletion_and_pixel_flipping_share_the_morf_curve(monkeypatch):
+    from clearsight.metrics import curves
+
+    calls: list[str] = []
+    original = curves.curve
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["order"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(curves, "curve", counting)
+    model, ds = mlp(), toy(n=12)
+    rows = {r["metric"]: r for r in cs.evaluate_rows(model, ds, batch_size=12, progress="none", suite={"rows": [
+        {"metric": "deletion_auc", "attribution": "gradient", "steps": 4},
+        {"metric": "pixel_flipping", "attribution": "gradient", "steps": 4}]})}
+    assert sorted(calls) == ["lerf", "morf"]  # one MoRF curve for both rows
+    assert rows["pixel_flipping"]["curve"]["morf"] == rows["deletion_auc"]["curve"]["deletion"]

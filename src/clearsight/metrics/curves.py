@@ -27,6 +27,7 @@ from clearsight.checks import check_inputs, check_labels
 from clearsight.errors import ConfigError, DataError
 from clearsight.metrics.maps import Attribution, explain, flat
 from clearsight.metrics.registry import METRICS
+from clearsight.metrics.shared import shared
 
 OUTPUTS = ("probability", "logit")
 ORDERS = ("morf", "lerf")
@@ -111,13 +112,24 @@ def _prepare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attribution: At
     return explain(attribution, model, x, y, metric=metric)
 
 
+def removal_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, *, steps: int, order: str,
+                  baseline: Fill, output: str, max_batch: int) -> torch.Tensor:
+    """The curve of features of x set to `baseline` in `order`: deletion's curve is pixel flipping's MoRF curve,
+    so within an evaluation batch it is computed once for both (`clearsight.metrics.shared`)."""
+    def compute() -> torch.Tensor:
+        return curve(model, x, y, a, steps=steps, order=order, source=x, replacement=fill(x, baseline, name="baseline"),
+                     output=output, max_batch=max_batch)
+
+    return shared(("removal_curve", steps, order, baseline, output), compute, model, x, y, a)
+
+
 def deletion_curves(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attribution: Attribution | None = None,
                     steps: int = 28, baseline: Fill = 0.0, output: str = "probability",
                     max_batch: int = DEFAULT_MAX_BATCH) -> dict[str, torch.Tensor]:
     """{"deletion": [B, steps + 1]}: the score as the most relevant features are set to `baseline`."""
     a = _prepare(model, x, y, attribution, "deletion_auc")
-    return {"deletion": curve(model, x, y, a, steps=steps, order="morf", source=x,
-                              replacement=fill(x, baseline, name="baseline"), output=output, max_batch=max_batch)}
+    return {"deletion": removal_curve(model, x, y, a, steps=steps, order="morf", baseline=baseline, output=output,
+                                      max_batch=max_batch)}
 
 
 def insertion_curves(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attribution: Attribution | None = None,
@@ -134,9 +146,8 @@ def flipping_curves(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attri
                     max_batch: int = DEFAULT_MAX_BATCH) -> dict[str, torch.Tensor]:
     """{"morf": [B, steps + 1], "lerf": [B, steps + 1]}: features flipped to `baseline` in both orders."""
     a = _prepare(model, x, y, attribution, "pixel_flipping")
-    base = fill(x, baseline, name="baseline")
-    return {order: curve(model, x, y, a, steps=steps, order=order, source=x, replacement=base, output=output,
-                         max_batch=max_batch) for order in ORDERS}
+    return {order: removal_curve(model, x, y, a, steps=steps, order=order, baseline=baseline, output=output,
+                                 max_batch=max_batch) for order in ORDERS}
 
 
 def _deletion_value(c: dict[str, torch.Tensor]) -> torch.Tensor:
