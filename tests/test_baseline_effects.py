@@ -5,8 +5,8 @@ decoy-mnist's mask stops the model from using the decoy.
 
 Measured here with these settings (EXPERIMENTS.md): after 4 epochs standard 0.976 clean / 0.740 robust, pgd-at
 (eps 0.3 ramped over the first quarter, 7 steps) 0.966 / 0.934, trades (7 steps) 0.934 / 0.894; decoy-mnist
-after 3 epochs: standard 0.891 on the decoy test split, input-gradient with the mask (lam 10) 0.956, against
-about 0.97 for plain MNIST training.
+after 3 epochs: standard 0.900 on the decoy test split, input-gradient with the mask (Ross et al.'s log-prob term,
+lam 1) 0.968, against 0.978 for plain MNIST training (first 500 test images).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_right_for_the_right_reasons_stops_the_model_using_the_decoy():
     input gradient inside the patch (the mask extra) brings it back near plain MNIST training."""
     plain = accuracy(trained("standard", 3))
     fooled = trained("standard", 3, dataset="decoy-mnist")
-    fixed = trained("input-gradient", 3, dataset="decoy-mnist", lam=10.0, explanation_mask="mask")
+    fixed = trained("input-gradient", 3, dataset="decoy-mnist", explanation_mask="mask")  # log_probs, lam 1
     assert accuracy(fixed, "decoy-mnist") >= plain - 0.03, (plain, accuracy(fixed, "decoy-mnist"))
     assert accuracy(fixed, "decoy-mnist") > accuracy(fooled, "decoy-mnist") + 0.03
     assert patch_mass(fixed) < 0.25 * patch_mass(fooled), (patch_mass(fooled), patch_mass(fixed))

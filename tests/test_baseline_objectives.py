@@ -75,8 +75,11 @@ def test_input_gradient_mask_form():
     torch.manual_seed(4)
     model = build("mlp", num_classes=3, input_shape=(1, 4, 4), widths=[10]).eval()
     x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 2, 1, 0])
-    masked = objectives.build("input-gradient", lam=3.0, explanation_mask="mask")
+    masked = objectives.build("input-gradient", lam=3.0, explanation_mask="mask", gradient_of="ce")
     plain = objectives.build("input-gradient", lam=3.0)(model, x, y)
+    # with a mask the default is Ross et al.'s term, the gradient of the summed log-probabilities
+    rrr = objectives.build("input-gradient", lam=3.0, explanation_mask="mask")(model, x, y, mask=torch.ones_like(x))
+    assert torch.equal(rrr.loss, objectives.build("input-gradient", lam=3.0, gradient_of="log_probs")(model, x, y).loss)
     ones = masked(model, x, y, mask=torch.ones_like(x))
     assert torch.equal(ones.loss, plain.loss)  # an all-ones mask is the plain form
     assert all(torch.equal(a, b) for a, b in zip(param_grads(ones.loss, model), param_grads(plain.loss, model),

@@ -20,7 +20,8 @@ GRADIENT_OF = ("ce", "log_probs")
                                  "(double backprop); optionally only inside a per-sample mask (right for the "
                                  "right reasons)")
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float = 1.0,
-                   explanation_mask: str | None = None, gradient_of: str = "ce", **batch: object) -> LossOutput:
+                   explanation_mask: str | None = None, gradient_of: str | None = None,
+                   **batch: object) -> LossOutput:
     """CE + lam * mean_i ||m_i * d L_i / d x_i||_2^2 (Drucker & LeCun 1992; Ross & Doshi-Velez, arXiv 1711.09404).
 
     L_i is sample i's cross-entropy (`gradient_of="ce"`, double backpropagation) or the sum of its log class
@@ -36,13 +37,17 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: f
         lam: weight of the penalty (ours: 1.0; both papers tune it per dataset).
         explanation_mask: name of the batch extra holding masks like x ([B, ...], 1 where attribution is
             penalized), or None for the plain form.
-        gradient_of: "ce" or "log_probs", see above.
+        gradient_of: "ce" or "log_probs", see above; None: each form's paper, "log_probs" with
+            `explanation_mask` (Ross et al.'s right-reasons term) and "ce" without (double backpropagation). On
+            decoy-mnist both masked forms stop the shortcut (EXPERIMENTS.md: log_probs at lam 1, ce at lam 10).
         batch: the dataset's per-sample extras (and the engine's progress/epoch, unused).
 
     Returns:
         LossOutput with logs ce, grad_penalty and the clean logits. lam = 0 gives exactly `standard`'s loss.
     """
     check_radius(lam, "lam")
+    if gradient_of is None:
+        gradient_of = "log_probs" if explanation_mask is not None else "ce"
     if gradient_of not in GRADIENT_OF:
         raise ConfigError(f"input-gradient gradient_of must be one of {', '.join(GRADIENT_OF)}, got {gradient_of!r}")
     mask = _mask(batch, explanation_mask, x)
