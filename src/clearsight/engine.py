@@ -38,7 +38,8 @@ CHECKPOINT = Path("checkpoint") / "state.pt"
 
 def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: Dataset, *,
         val_ds: Dataset | None = None, out_dir: str | Path | None = None, resume: bool = False,
-        run_config: Mapping[str, Any] | None = None, **options: Any) -> list[dict[str, Any]]:
+        run_config: Mapping[str, Any] | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        **options: Any) -> list[dict[str, Any]]:
     """Train `model` in place by minimizing `objective` over `train_ds`; return the per-epoch log.
 
     Args:
@@ -51,6 +52,8 @@ def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: 
         resume: continue the run in `out_dir` from its last checkpoint (a run killed after epoch k resumed
             ends with the same weights as an uninterrupted run); without it an existing run is never touched.
         run_config: extra sections (data, model, ...) to record in config.yaml beside train and objective.
+        on_epoch: called on the main process with each epoch's log row once its checkpoint is written (a study's
+            progress bar); epochs a resumed run had already finished are not reported again.
         options: fields of `TrainConfig` (epochs, batch_size, optimizer, lr, schedule, seed, device, ...).
 
     Raises:
@@ -64,7 +67,7 @@ def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: 
     world = distributed.join(device)
     try:
         return _fit(model, objective, train, val_ds, cfg, device, world,
-                    Path(out_dir) if out_dir is not None else None, resume, dict(run_config or {}))
+                    Path(out_dir) if out_dir is not None else None, resume, dict(run_config or {}), on_epoch)
     finally:
         distributed.leave(world)
 
@@ -114,7 +117,7 @@ class Batches:
 
 def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDataset, val_ds: Dataset | None,
          cfg: TrainConfig, device: torch.device, world: distributed.World, out: Path | None, resume: bool,
-         run_config: dict[str, Any]) -> list[dict[str, Any]]:
+         run_config: dict[str, Any], on_epoch: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
     if cfg.batch_size % world.size:
         raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
     train, val = _split(train, val_ds, cfg)
@@ -140,6 +143,8 @@ def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDat
         if out is not None:
             _save_epoch(out, model, optimizer, state, world, save_model=cfg.keep == "last" or improved)
         report.line(row)
+        if on_epoch is not None and world.is_main:
+            on_epoch(row)
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     return state.history

@@ -85,14 +85,9 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
                   max_batch: int | None = None, progress: str = "auto") -> list[dict[str, Any]]:
     """The result rows (`clearsight.results`) of `suite` on `ds`, every row per sample, batch by batch."""
     from clearsight.attacks import check
-    from clearsight.data import DATASETS
-    from clearsight.metrics import suite as make_suite
 
     data = as_array_dataset(ds)
-    if eps_grid is None and data.name in DATASETS:
-        eps_grid = DATASETS.meta(data.name).get("eps_grid")
-    spec = make_suite(suite, eps_grid=dict(eps_grid) if eps_grid else None, num_classes=data.num_classes,
-                      input_shape=data.input_shape, extras=list(data.extras))
+    spec = suite_for(suite, data, eps_grid=eps_grid)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     report = reporter(progress)
@@ -133,6 +128,19 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
             rows.append(hygiene_row(spec.hygiene, n, warnings, where=where))
     bar.close()
     return rows
+
+
+def suite_for(suite: str | Mapping[str, Any] | Suite, data: ArrayDataset, *,
+              eps_grid: Mapping[str, Sequence[float]] | None = None) -> Suite:
+    """The rows `suite` has on `data`: a shipped suite is built for the dataset's budgets (registry metadata
+    `eps_grid` unless given), classes, input shape and extras."""
+    from clearsight.data import DATASETS
+    from clearsight.metrics import suite as make_suite
+
+    if eps_grid is None and data.name in DATASETS:
+        eps_grid = DATASETS.meta(data.name).get("eps_grid")
+    return make_suite(suite, eps_grid=dict(eps_grid) if eps_grid else None, num_classes=data.num_classes,
+                      input_shape=data.input_shape, extras=list(data.extras))
 
 
 def check_model_output(model: nn.Module, data: ArrayDataset, device: torch.device) -> None:

@@ -24,6 +24,9 @@ class _NoBar:
     def close(self) -> None:
         pass
 
+    def set_description(self, desc: str) -> None:
+        pass
+
 
 @dataclasses.dataclass
 class Reporter:

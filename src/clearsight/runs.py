@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,26 @@ def build_model(cfg: RunConfig, *, num_classes: int, input_shape: tuple[int, ...
 def shapes(ds: ArrayDataset) -> dict[str, Any]:
     """What a model needs to know about its data, recorded in config.yaml so a run can be rebuilt."""
     return {"num_classes": ds.num_classes, "input_shape": list(ds.input_shape), "classes": ds.classes}
+
+
+def train_run(cfg: RunConfig, out: Path, *, resume: bool, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+              **train_overrides: Any) -> tuple[nn.Sequential, ArrayDataset]:
+    """Train the run `cfg` describes into `out` (what `clearsight train` and each study cell do): data with the
+    objective's extras, the seeded initialization, config.yaml with shapes and input-file hashes. Returns the
+    trained model and the training split. `train_overrides` replace fields of cfg.train that are not recorded as
+    settings (progress)."""
+    from clearsight import engine, objectives
+
+    train = load_data(cfg, "train")
+    torch.manual_seed(cfg.train.seed)  # initialization is part of the seeded run
+    model = build_model(cfg, num_classes=train.num_classes, input_shape=train.input_shape)
+    objective = objectives.build(cfg.objective.name, **cfg.objective.options)
+    doc = {**{k: v for k, v in cfg.to_dict().items() if k != "train"}, "shapes": shapes(train)}
+    if files := input_files(cfg):
+        doc["files"] = files
+    options = {**{k: getattr(cfg.train, k) for k in cfg.train.__dataclass_fields__}, **train_overrides}
+    engine.fit(model, objective, train, out_dir=out, resume=resume, run_config=doc, on_epoch=on_epoch, **options)
+    return model, train
 
 
 @dataclass

@@ -1,0 +1,353 @@
+"""Running a study: every cell through its stages (train, target maps for its students, evaluate, examples), each
+stage skipped when its result is on disk and valid, then the report.
+
+A worker runs its shard's cells in order (teachers first). Each cell is worked on under its lock; a cell locked
+by another live worker is left to it. A student whose teacher is not trained yet trains it (under the teacher's
+lock) or, when another worker holds that lock, waits for it. Every stage writes atomically and records itself in
+cell.json only once its output is complete, so a kill at any moment loses at most the stage in progress, and the
+next run redoes exactly that: training resumes from its last epoch checkpoint (same weights as an uninterrupted
+run), an evaluation recomputes its rows with the same seeds (same values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from clearsight import io
+from clearsight.errors import CheckpointError, ClearsightError, ConfigError
+from clearsight.study.plan import Cell, Study, cells, digest, parse, shard
+from clearsight.study.store import Busy, locked, read_state, set_aside, write_state
+
+WAIT_SECONDS = 10.0  # how often a student polls a teacher that another worker is training
+EVALUATE_UNITS = 2   # progress units of a cell's evaluation, against one per training epoch
+
+
+def run(study: Study, out: str | Path, *, shard_spec: str | None = None, update: bool = False,
+        device: str = "auto", progress: str = "auto") -> Path:
+    """Run (or continue) `study` in the directory `out`; returns the path of its report.
+
+    Args:
+        shard_spec: "K/N" runs every N-th cell starting with the K-th (workers sharing a file system); None: all.
+        update: `out` holds this study with other settings: rerun what changed (cells trained with other
+            settings move to out/stale/). Without it such a directory is refused and nothing is touched.
+        device: where cells train and are evaluated ("auto": CUDA when available).
+        progress: "auto" (a bar on a terminal, plain lines otherwise), "bar", "lines" or "none".
+    """
+    from clearsight.modes import resolve_device
+    from clearsight.progress import reporter
+
+    out = Path(out)
+    report = reporter(progress)
+    mine = shard(cells(study), shard_spec)
+    _preflight(study)
+    _claim(out, study, update=update)
+    dev = str(resolve_device(device))
+    units = {c.name: _units(study, c) for c in mine}
+    bar = report.bar(sum(units.values()), f"study {study.name}")
+    say = _sayer(bar, report.lines)
+    began = time.perf_counter()
+    worker = _Worker(study, out, dev, bar, say)
+    left: list[Cell] = []
+    for number, cell in enumerate(mine, 1):
+        try:
+            worker.cell(cell, f"[{number}/{len(mine)}]")
+        except Busy as busy:
+            say(f"[{number}/{len(mine)}] {cell.name}: being run by {_who(busy.owner)}; left to it")
+            left.append(cell)
+        bar.update(units[cell.name] - worker.counted.pop(cell.name, 0))
+    bar.close()
+    say(f"study {study.name}: {len(mine) - len(left)} of {len(mine)} cells done here in "
+        f"{time.perf_counter() - began:.0f} s" + (f"; {len(left)} left to other workers" if left else ""))
+    return _render(out)
+
+
+def load(source: str | Path) -> tuple[Study, dict[str, Any]]:
+    """A study from a preset name or a YAML file: the checked Study and the data it was read from."""
+    from clearsight.study import PRESETS, preset_path
+
+    path = preset_path(str(source)) or Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a study YAML file")
+    doc = io.read_yaml(path)
+    return parse(doc, where=str(path)), doc
+
+
+# ---- the study directory --------------------------------------------------------------------------------------
+
+def _claim(out: Path, study: Study, *, update: bool) -> None:
+    """Make `out` this study's directory, or check that it is; another study's settings are never overwritten."""
+    config = out / "study.yaml"
+    data = study.to_data()
+    if config.exists():
+        saved = io.read_yaml(config)
+        if io._plain(saved) == io._plain(data):
+            return
+        if not update:
+            changed = sorted(k for k in set(saved) | set(data) if io._plain(saved.get(k)) != io._plain(data.get(k)))
+            raise ConfigError(f"{out} holds a study with other settings (different: {', '.join(changed)}). Pass "
+                              "--update to rerun what the change affects (cells trained with other settings are "
+                              "kept in stale/), or choose another --out. Nothing was changed.")
+        (out / "stale").mkdir(exist_ok=True)
+        io.write_yaml(out / "stale" / f"study-{digest(saved)}.yaml", saved)
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not a study directory (no study.yaml); choose another --out. "
+                          "Nothing was changed.")
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_yaml(config, data)
+
+
+def _preflight(study: Study) -> None:
+    """Everything that can be checked before training: the test split loads, every suite builds on it, every
+    attribution of the examples exists."""
+    from clearsight.attributions import ATTRIBUTIONS
+    from clearsight.evaluation import suite_for
+    from clearsight.runs import load_data
+    from clearsight.specs import spec
+
+    first = study.methods[0]
+    test = load_data(study.run_config(first, study.seeds[0]), "test")
+    for s in study.evaluate["suites"]:
+        try:
+            suite_for(s, test)
+        except ClearsightError as err:
+            raise ConfigError(f"study {study.name}: evaluate.suites: {err}") from None
+    for a in study.examples["attributions"]:
+        try:
+            ATTRIBUTIONS.get(spec(a)[0])
+        except ClearsightError as err:  # an unknown name lists the valid ones
+            raise ConfigError(f"study {study.name}: examples.attributions: {err}") from None
+
+
+def _render(out: Path) -> Path:
+    from clearsight.report import render
+    return render(out)
+
+
+# ---- cells ------------------------------------------------------------------------------------------------------
+
+class _Worker:
+    """Works cells of one study through their stages; counts progress units as it goes."""
+
+    def __init__(self, study: Study, out: Path, device: str, bar: Any, say: Callable[[str], None]) -> None:
+        self.study, self.out, self.device, self.bar, self.say = study, out, device, bar, say
+        self.counted: dict[str, int] = {}
+
+    def folder(self, cell: Cell) -> Path:
+        return self.out / "cells" / cell.name
+
+    def cell(self, cell: Cell, tag: str) -> None:
+        with locked(self.out / "locks" / f"{cell.name}.lock"):
+            state = self._state(cell)
+            evaluated = state.get("evaluation", {})
+            if (state.get("complete") and evaluated.get("settings") == self._eval_settings()
+                    and self._wanted(cell) == evaluated.get("rows")):
+                self.say(f"{tag} {cell.name}: complete")
+                return
+            self._train(cell, state, tag)
+            self._evaluate(cell, state, tag)
+            self._examples(cell, state, tag)
+            state["complete"] = True
+            write_state(self.folder(cell), state)
+
+    def _state(self, cell: Cell) -> dict[str, Any]:
+        folder = self.folder(cell)
+        state = read_state(folder)
+        if state is not None and state.get("hash") != cell.hash:
+            moved = set_aside(self.out, folder, str(state.get("hash")))
+            self.say(f"{cell.name}: its settings changed; the old cell is kept in {moved}")
+            state = None
+        if state is None:
+            if folder.exists() and any(folder.iterdir()):  # a crash before cell.json was first written
+                set_aside(self.out, folder, "unrecorded")
+            folder.mkdir(parents=True, exist_ok=True)
+            state = {"method": cell.method.name, "objective": cell.method.objective, "seed": cell.seed,
+                     "hash": cell.hash, "teacher": cell.teacher.name if cell.teacher else None,
+                     "stages": {}, "complete": False}
+            write_state(folder, state)
+        return state
+
+    # -- train ------------------------------------------------------------------------------------------------
+
+    def _train(self, cell: Cell, state: dict[str, Any], tag: str) -> None:
+        if state["stages"].get("train"):
+            return
+        from clearsight.runs import train_run
+
+        cfg = self.study.run_config(cell.method, cell.seed)
+        if cell.teacher is not None:
+            targets = self._targets(cell)
+            with_targets = dataclasses.replace(cell.method, options={**cell.method.options,
+                                                                     "targets": str(targets.resolve())})
+            cfg = self.study.run_config(with_targets, cell.seed)
+        cfg = _on_device(cfg, self.device)
+        folder = self.folder(cell)
+        self.bar.set_description(f"{cell.name}: train")
+        began = time.perf_counter()
+
+        def epoch_done(row: dict[str, Any]) -> None:
+            self.bar.update(1)
+            self.counted[cell.name] = self.counted.get(cell.name, 0) + 1
+
+        history_before = len(io.read_jsonl(folder / "log.jsonl"))
+        train_run(cfg, folder, resume=(folder / "config.yaml").exists(), on_epoch=epoch_done, progress="none")
+        log = io.read_jsonl(folder / "log.jsonl")
+        last = log[-1] if log else {}
+        state["stages"]["train"] = {"epochs": len(log), "seconds": round(sum(r.get("seconds", 0) for r in log), 3)}
+        write_state(folder, state)
+        resumed = f", resumed after epoch {history_before}" if history_before else ""
+        accuracy = f", val accuracy {last['val_accuracy']:.3f}" if "val_accuracy" in last else ""
+        self.say(f"{tag} {cell.name}: trained {len(log)} epochs in {time.perf_counter() - began:.0f} s"
+                 f"{resumed}{accuracy}")
+
+    def _targets(self, cell: Cell) -> Path:
+        """The teacher's target maps for `cell` (training the teacher first when needed): computed once per
+        teacher and settings, under the teacher's lock."""
+        from clearsight import targets
+
+        teacher = cell.teacher
+        assert teacher is not None and cell.method.teacher is not None
+        settings = cell.method.teacher.settings()
+        path = self.folder(teacher) / f"targets-{digest(settings)}.safetensors"
+        while True:
+            try:
+                with locked(self.out / "locks" / f"{teacher.name}.lock"):
+                    state = self._state(teacher)
+                    self._train(teacher, state, f"(teacher of {cell.name})")
+                    if not path.exists():
+                        self.bar.set_description(f"{teacher.name}: targets")
+                        began = time.perf_counter()
+                        targets.compute(self.folder(teacher), path, device=self.device, progress="none",
+                                        **settings)
+                        self.say(f"{teacher.name}: target maps for {cell.method.name} in "
+                                 f"{time.perf_counter() - began:.0f} s")
+                    return path
+            except Busy as busy:
+                self.say(f"{cell.name}: waiting for its teacher {teacher.name} ({_who(busy.owner)})")
+                time.sleep(WAIT_SECONDS)
+
+    # -- evaluate -----------------------------------------------------------------------------------------------
+
+    def _eval_settings(self) -> dict[str, Any]:
+        ev = self.study.evaluate
+        return {"samples": ev["samples"], "batch_size": ev["batch_size"], "seed": ev["seed"]}
+
+    def _test(self, cell: Cell) -> Any:
+        from clearsight.runs import load_data, open_run
+
+        run = open_run(self.folder(cell), device=self.device)
+        test = load_data(run.config, "test")
+        samples = self.study.evaluate["samples"]
+        if samples is not None and samples < len(test):
+            import torch
+            test = test.subset(torch.arange(samples))
+        return run, test
+
+    def _suites(self, test: Any) -> list[Any]:
+        from clearsight.evaluation import suite_for
+        return [suite_for(s, test) for s in self.study.evaluate["suites"]]
+
+    def _wanted(self, cell: Cell) -> list[str] | None:
+        """The row keys the study asks of the cell (None when the cell cannot be opened yet)."""
+        try:
+            _, test = self._test(cell)
+        except CheckpointError:
+            return None
+        return _keys(self._suites(test))
+
+    def _evaluate(self, cell: Cell, state: dict[str, Any], tag: str) -> None:
+        from clearsight.evaluation import evaluate_rows
+        from clearsight.metrics.suites import Suite
+        from clearsight.results import read_rows
+
+        folder = self.folder(cell)
+        results = folder / "results.jsonl"
+        settings = self._eval_settings()
+        if state.get("evaluation", {}).get("settings") not in (None, settings) and results.exists():
+            # rows computed with other evaluation settings: kept beside, recomputed
+            results.rename(folder / f"results-{digest(state['evaluation']['settings'])}.jsonl")
+        run, test = self._test(cell)
+        suites = self._suites(test)
+        present = {r["key"] for r in read_rows(results)}
+        self.bar.set_description(f"{cell.name}: evaluate")
+        began, computed = time.perf_counter(), 0
+        for suite in suites:
+            rows = _missing(suite, present)
+            hygiene = suite.hygiene if suite.hygiene is not None and _hygiene_key(suite) not in present else None
+            if not rows and hygiene is None:
+                continue
+            new = evaluate_rows(run.model, test, suite=Suite(suite.name, rows, hygiene), device=self.device,
+                                batch_size=settings["batch_size"], seed=settings["seed"], progress="none")
+            io.append_jsonl(results, [r for r in new if r["key"] not in present])
+            present |= {r["key"] for r in new}
+            computed += len(new)
+        state["evaluation"] = {"settings": settings, "rows": _keys(suites)}
+        write_state(folder, state)
+        if computed:
+            self.say(f"{tag} {cell.name}: evaluated {computed} rows on {len(test)} test samples in "
+                     f"{time.perf_counter() - began:.0f} s")
+
+    def _examples(self, cell: Cell, state: dict[str, Any], tag: str) -> None:
+        from clearsight.examples import save_examples
+
+        ex = self.study.examples
+        want = {"count": ex["count"], "attributions": ex["attributions"], "seed": self.study.evaluate["seed"]}
+        if state["stages"].get("examples") == want or ex["count"] == 0:
+            return
+        run, test = self._test(cell)
+        save_examples(run.model, test, self.folder(cell) / "examples.safetensors", attributions=ex["attributions"],
+                      count=ex["count"], seed=want["seed"], device=self.device)
+        state["stages"]["examples"] = want
+        write_state(self.folder(cell), state)
+        self.counted[cell.name] = self.counted.get(cell.name, 0)
+
+
+def _keys(suites: Sequence[Any]) -> list[str]:
+    keys: list[str] = []
+    for suite in suites:
+        for key in [r.key for r in suite.rows] + ([_hygiene_key(suite)] if suite.hygiene is not None else []):
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _hygiene_key(suite: Any) -> str:
+    from clearsight.results import row_key
+    return row_key("hygiene", suite.hygiene)
+
+
+def _missing(suite: Any, present: set[str]) -> list[Any]:
+    """The suite's rows not yet in results, plus every row of a metric whose rows build on each other (a worst
+    case over attacks starts from an earlier row's per-sample values): recomputing those together keeps each
+    value what one uninterrupted evaluation gives."""
+    from clearsight.metrics.registry import METRICS
+
+    missing = [r for r in suite.rows if r.key not in present]
+    chained = {r.metric for r in missing if METRICS.meta(r.metric).get("worst_case_over")}
+    return [r for r in suite.rows if r in missing or r.metric in chained]
+
+
+def _units(study: Study, cell: Cell) -> int:
+    cfg = study.run_config(cell.method, cell.seed)
+    return cfg.train.epochs + EVALUATE_UNITS
+
+
+def _on_device(cfg: Any, device: str) -> Any:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+
+
+def _who(owner: dict[str, Any]) -> str:
+    return f"{owner.get('host', '?')} pid {owner.get('pid', '?')} (lock since {time.ctime(owner.get('since', 0))})"
+
+
+def _sayer(bar: Any, lines: bool) -> Callable[[str], None]:
+    def say(text: str) -> None:
+        if hasattr(bar, "write"):
+            bar.write(text, file=sys.stderr)
+        elif lines:
+            print(text, file=sys.stderr, flush=True)
+    return say
