@@ -17,7 +17,7 @@ import torch
 
 from clearsight import io
 from clearsight.errors import ConfigError
-from clearsight.study import PRESETS, cells, parse, preset_text
+from clearsight.study import PRESETS, cells, folders, parse, parse_file, preset_text
 from clearsight.study.plan import shard
 from clearsight.study.store import Busy, locked
 
@@ -89,7 +89,7 @@ def whole(tmp_path_factory):
 # ---- the config ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("doc, message", [
-    (tiny(method=[]), "no key 'method'; did you mean 'methods'"),
+    (tiny(method=[]), r"no key 'method' \(did you mean 'methods'"),
     (tiny(methods=[{"name": "a", "objective": "pgd-att"}]), "pgd-at"),
     (tiny(methods=[{"name": "a", "objective": "pgd-at", "options": {"stepz": 3}}]), "has no option 'stepz'"),
     (tiny(methods=[{"name": "a", "objective": "ir", "teacher": {"method": "nobody"}}]), "teacher 'nobody'"),
@@ -118,9 +118,13 @@ def test_a_bad_suite_or_attribution_is_refused_before_anything_is_written(tmp_pa
 
 def test_every_preset_parses_and_prints():
     for name in PRESETS:
-        study = parse(_yaml(preset_text(name)))
-        assert study.name == name
-        assert cells(study)
+        group = parse_file(_yaml(preset_text(name)), where=name)
+        assert group.name == name
+        assert all(cells(s) for s in group.studies)
+    tabular = parse_file(_yaml(preset_text("tabular")))
+    assert [s.dataset["name"] for s in tabular.studies] == ["german-credit", "adult"]
+    assert [p.name for _, p in folders(tabular, None)] == ["german-credit", "adult"]
+    assert folders(parse_file(_yaml(preset_text("quick"))), None)[0][1] == Path("runs/quick")
 
 
 def _yaml(text):

@@ -163,21 +163,25 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.print_preset is not None:
         sys.stdout.write(study.preset_text(args.print_preset))
         return 0
-    spec, _ = study.load(args.preset)
-    out = Path(args.out) if args.out else Path("runs") / spec.name
-    report = study.run(spec, out, shard_spec=args.shard, update=args.update, device=args.device or "auto",
-                       progress=args.progress)
-    _print_summary(out)
-    print(f"report written to {report}")
+    group = study.load(args.preset)
+    for spec, out in study.folders(group, args.out):
+        report = study.run(spec, out, shard_spec=args.shard, update=args.update, device=args.device or "auto",
+                           progress=args.progress)
+        _print_summary(out)
+        print(f"report written to {report}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from clearsight.report import render
 
-    report = render(Path(args.study_dir))
-    _print_summary(Path(args.study_dir))
-    print(f"report written to {report}")
+    top = Path(args.study_dir)
+    # a folder of several studies (a preset such as tabular) re-renders each
+    dirs = [top] if (top / "study.yaml").exists() else sorted(p.parent for p in top.glob("*/study.yaml")) or [top]
+    for folder in dirs:
+        report = render(folder)
+        _print_summary(folder)
+        print(f"report written to {report}")
     return 0
 
 

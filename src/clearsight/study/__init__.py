@@ -1,7 +1,7 @@
 """Studies: many training methods x seeds on one dataset, trained, evaluated with one set of suites, reported.
 
-    study, _ = clearsight.study.load("quick")          # a preset name or a YAML file
-    report = clearsight.study.run(study, "runs/quick")  # resumable; returns runs/quick/report.html
+    group = clearsight.study.load("quick")                    # a preset name or a YAML file: its studies
+    report = clearsight.study.run(group.studies[0], "runs/quick")  # resumable; returns runs/quick/report.html
 
 `clearsight.study.plan` says what a study config holds, `clearsight.study.runner` how it runs (cells, stages,
 locks, shards), `clearsight.study.store` what a cell folder holds.
@@ -12,8 +12,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from clearsight.study.plan import Cell, Method, Study, Teacher, cells, parse
-from clearsight.study.runner import load, run
+from clearsight.study.plan import Cell, Group, Method, Study, Teacher, cells, parse, parse_file
+from clearsight.study.runner import folders, load, run
 
 # the shipped presets (src/clearsight/study/presets/<name>.yaml; the repository's configs/ links there)
 PRESETS = ("quick", "paper-mnist", "tabular", "decoy")
@@ -36,5 +36,5 @@ def preset_text(name: str) -> str:
     return path.read_text()
 
 
-__all__ = ["PRESETS", "Cell", "Method", "Study", "Teacher", "cells", "load", "parse", "preset_path", "preset_text",
-           "run"]
+__all__ = ["PRESETS", "Cell", "Group", "Method", "Study", "Teacher", "cells", "folders", "load", "parse", "parse_file",
+           "preset_path", "preset_text", "run"]

@@ -157,6 +157,33 @@ def parse(doc: Mapping[str, Any], *, where: str = "the study") -> Study:
     return study
 
 
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """What a study file holds: one study, or several (`studies: [...]`, e.g. one per dataset), each of which runs
+    into a folder of its own named after it."""
+
+    name: str
+    studies: tuple[Study, ...]
+    single: bool
+
+
+def parse_file(doc: Mapping[str, Any], *, where: str = "the study") -> Group:
+    """A study file's Group: a study mapping, or {name, description, studies: [study, ...]}."""
+    if isinstance(doc, Mapping) and "studies" in doc:
+        _known(doc, ("name", "description", "studies"), where)
+        name = _name(doc.get("name"), f"{where}: name")
+        docs = doc["studies"]
+        if not isinstance(docs, list) or not docs:
+            raise ConfigError(f"{where}: studies must be a non-empty list of studies")
+        studies = tuple(parse(d, where=f"{where}: studies[{i}]") for i, d in enumerate(docs))
+        names = [s.name for s in studies]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: two studies are named {next(n for n in names if names.count(n) > 1)!r}")
+        return Group(name, studies, single=False)
+    study = parse(doc, where=where)
+    return Group(study.name, (study,), single=True)
+
+
 def cells(study: Study) -> list[Cell]:
     """Every (method, seed) cell, teachers first, with the settings hash that decides its trained weights."""
     made: dict[tuple[str, int], Cell] = {}
@@ -196,8 +223,8 @@ def _known(doc: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
     for key in doc:
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where} has no key {key!r}{hint} Valid keys: {', '.join(valid)}")
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where} has no key {key!r}{hint}; valid keys: {', '.join(valid)}")
 
 
 def _name(value: Any, where: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from clearsight import io
 from clearsight.errors import CheckpointError, ClearsightError, ConfigError
-from clearsight.study.plan import Cell, Study, cells, digest, parse, shard
+from clearsight.study.plan import Cell, Group, Study, cells, digest, parse_file, shard
 from clearsight.study.store import Busy, locked, read_state, set_aside, write_state
 
 WAIT_SECONDS = 10.0  # how often a student polls a teacher that another worker is training
@@ -66,15 +66,21 @@ def run(study: Study, out: str | Path, *, shard_spec: str | None = None, update:
     return _render(out)
 
 
-def load(source: str | Path) -> tuple[Study, dict[str, Any]]:
-    """A study from a preset name or a YAML file: the checked Study and the data it was read from."""
+def load(source: str | Path) -> Group:
+    """The studies of a preset name or a YAML file, checked."""
     from clearsight.study import PRESETS, preset_path
 
     path = preset_path(str(source)) or Path(source)
     if not path.is_file():
         raise ConfigError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a study YAML file")
-    doc = io.read_yaml(path)
-    return parse(doc, where=str(path)), doc
+    return parse_file(io.read_yaml(path), where=str(source))
+
+
+def folders(group: Group, out: str | Path | None) -> list[tuple[Study, Path]]:
+    """Where each study of `group` runs: `out` (default runs/<name>) for a single study, out/<study name> for
+    each of several."""
+    base = Path(out) if out is not None else Path("runs") / group.name
+    return [(s, base if group.single else base / s.name) for s in group.studies]
 
 
 # ---- the study directory --------------------------------------------------------------------------------------
