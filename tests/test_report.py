@@ -15,6 +15,7 @@ import math
 import re
 import shutil
 from html.parser import HTMLParser
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +337,7 @@ def test_the_table_says_whether_differences_hold_at_these_seeds():
 # ---- the page ---------------------------------------------------------------------------------------------------
 
 def test_the_page_has_every_figure_and_references_nothing_outside_itself(rendered):
-    _, _, page = rendered
+    path, _, page = rendered
     for section in ("saliency", "scatter", "curves", "eps", "certified", "cost"):
         assert f"id='fig-{section}'" in page
     assert "Left out" not in page  # every figure has its data here
@@ -346,6 +347,7 @@ def test_the_page_has_every_figure_and_references_nothing_outside_itself(rendere
     assert not re.search(r"url\(|@import|<link rel='stylesheet'|<iframe|<object", page)
     assert "default-src 'none'" in page  # the browser refuses any load the page might still try
     assert page.count("What this says.") == 7  # the table and each figure
+    assert render(path.parent).read_text() == page  # re-rendered from the same files: the same page
 
 
 def test_figures_without_data_are_left_out_with_the_reason(study, tmp_path):
@@ -384,6 +386,35 @@ def test_hygiene_and_robust_row_warnings_are_listed_per_method(study, tmp_path):
     section = page.split("id='hygiene'>")[1].split("<h2")[0]
     assert "pgd-at-linf" in section and "random noise finds more" in section and "robust accuracy: ℓ∞, ε=0.3" in section
     assert "standard" not in section
+
+
+def test_without_a_standard_method_costs_are_seconds_and_comparisons_against_the_runner_up(study, tmp_path):
+    folder = _copy(study, tmp_path)
+    config = io.read_yaml(folder / "study.yaml")
+    config["methods"][0]["objective"] = "jacobian"  # no method trains with the standard objective now
+    io.write_yaml(folder / "study.yaml", config)
+    summary = collect(folder, write=False)
+    assert summary["standard"] is None and all(m["train"]["relative"] is None for m in summary["methods"])
+    page = render(folder).read_text()
+    assert "so seconds are absolute" in page and "against standard" not in page
+    assert "; next " in page and "train s/epoch" in page
+
+
+def test_infinite_and_undefined_means_sort_as_the_page_reads_them():
+    from clearsight.report.table import summary_table
+
+    def method(name: str, mean: float) -> dict[str, Any]:
+        return {"name": name, "seeds": [0], "results": {"delta": {"mean": mean, "half_interval": None}},
+                "train": {"relative": None, "relative_half_interval": None,
+                          "seconds_per_epoch": {"mean": None, "half_interval": None}}}
+
+    rows = describe([{"key": "delta", "metric": "delta_bound", "options": {"eps": 0.1}, "higher_is_better": False}])
+    summary = {"rows": rows, "columns": ["delta"], "standard": None,
+               "methods": [method("a", math.inf), method("b", 0.5), method("c", math.nan)]}
+    table = _Table()
+    table.feed(summary_table(summary))
+    assert [(r[0][1], r[1][0]["data-value"], r[1][1].strip()) for r in table.rows] == [
+        ("a", "Infinity", "∞"), ("b", "0.5", "0.5 ★"), ("c", "", "n/a")]
 
 
 def test_a_cell_read_twice_keeps_the_last_row_of_a_key(study, tmp_path):
@@ -488,7 +519,7 @@ def test_the_report_in_headless_chromium(rendered):
         assert head.get_attribute("aria-sort") == "ascending"
         browser.find_element("css selector", "#summary th[data-col='0']").click()
         assert _order(browser) == ["pgd-at-linf", "standard"]
-        shot = Image.open(__import__("io").BytesIO(browser.get_screenshot_as_png())).convert("L")
+        shot = Image.open(BytesIO(browser.get_screenshot_as_png())).convert("L")
         assert ImageStat.Stat(shot).var[0] > 100  # text, table and figures, not a blank page
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []

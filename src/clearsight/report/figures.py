@@ -228,7 +228,7 @@ def cost(summary: Mapping[str, Any]) -> Figure:
     methods = [m for m in with_data(summary) if m["train"]["seconds_per_epoch"]["mean"] is not None]
     if not methods:
         return absent("cost", title, "no complete cell logged the seconds of its epochs")
-    relative = summary["standard"] is not None and all(m["train"]["relative"] is not None for m in methods)
+    relative = all(m["train"]["relative"] is not None for m in methods)
     values = [m["train"]["relative"] if relative else m["train"]["seconds_per_epoch"]["mean"] for m in methods]
     errors = [(m["train"]["relative_half_interval"] if relative else m["train"]["seconds_per_epoch"]["half_interval"])
               or 0.0 for m in methods]
@@ -247,7 +247,7 @@ def cost(summary: Mapping[str, Any]) -> Figure:
     says = [f"Cheapest: {methods[order[0]]['name']} ({fmt(values[order[0]])}{unit}); most expensive: "
             f"{methods[order[-1]]['name']} ({fmt(values[order[-1]])}{unit})."]
     if not relative:
-        says.append("No standard method with a complete cell, so seconds are absolute.")
+        says.append("No standard method has logged seconds in a complete cell, so seconds are absolute.")
     says.append("Seconds are wall-clock training time per epoch from each cell's log (mean over epochs and seeds, "
                 "± the 95% interval over seeds); cells trained on other machines or at once with other work "
                 "are not comparable.")

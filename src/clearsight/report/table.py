@@ -36,7 +36,7 @@ def _columns(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append({"key": key, "group": d["group"], "title": d["title"], "detail": d["detail"],
                     "higher_is_better": d["higher_is_better"], "values": values,
                     "best": best_names(ranked(methods, key, higher_is_better=d["higher_is_better"]))})
-    relative = summary["standard"] is not None
+    relative = relative_cost(summary)
     cost = {m["name"]: ((m["train"]["relative"], m["train"]["relative_half_interval"]) if relative else
                         (m["train"]["seconds_per_epoch"]["mean"], m["train"]["seconds_per_epoch"]["half_interval"]))
             for m in methods if m["train"]["seconds_per_epoch"]["mean"] is not None}
@@ -50,6 +50,11 @@ def _columns(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         if len(c["best"]) == len(c["values"]) or len(c["values"]) < 2:
             c["best"] = []
     return out
+
+
+def relative_cost(summary: Mapping[str, Any]) -> bool:
+    """Whether training cost reads relative to standard (a standard method with logged seconds), else seconds."""
+    return any(m["train"]["relative"] is not None for m in summary["methods"])
 
 
 def summary_table(summary: Mapping[str, Any]) -> str:
@@ -96,7 +101,8 @@ def _cell(column: Mapping[str, Any], method: str) -> str:
     if method not in column["values"] or column["values"][method][0] is None:
         return "<td data-value='' class='missing'>—</td>"
     mean, half = column["values"][method]
-    value = "" if math.isnan(mean) else repr(float(mean))
+    # what the page's parseFloat reads: NaN (no value) sorts last, an infinite bound as Infinity
+    value = "" if math.isnan(mean) else ("Infinity" if mean > 0 else "-Infinity") if math.isinf(mean) else repr(mean)
     best = method in column["best"]
     mark = " <span class='mark' aria-label='best'>★</span>" if best else ""
     cls = f"g-{column['group']}" + (" best" if best else "")

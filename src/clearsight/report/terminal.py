@@ -13,6 +13,7 @@ from typing import Any
 
 from clearsight.report.collect import collect
 from clearsight.report.plots import descriptor, with_data
+from clearsight.report.table import relative_cost
 from clearsight.report.text import fmt
 
 
@@ -38,7 +39,7 @@ def summary_text(study_dir: str | Path) -> str:
     if not methods:
         return "\n".join(lines)
     keys = headline(summary)
-    relative = summary["standard"] is not None
+    relative = relative_cost(summary)
     name_width = max(6, *(len(m["name"]) for m in methods))
     titles = [descriptor(summary, k)["title"] for k in keys] + ["train s/epoch"]
     details = [descriptor(summary, k)["detail"] for k in keys] + ["× standard" if relative else "seconds"]
