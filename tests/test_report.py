@@ -334,6 +334,30 @@ def test_the_table_says_whether_differences_hold_at_these_seeds():
     assert "untested" in compare("acc", one, "k", higher_is_better=True, standard="standard")
 
 
+def test_scatter_axes_and_words_come_from_the_data(rendered):
+    from clearsight.report.figures import _front, scatter_axes, spearman
+
+    _, summary, _ = rendered
+    x, ys = scatter_axes(summary)
+    complete = [m for m in summary["methods"] if m["seeds"]]
+
+    def spread(key: str) -> float:
+        means = [m["results"][key]["mean"] for m in complete]
+        return max(means) - min(means)
+
+    robust = [k for k in summary["columns"] if k.startswith("robust_accuracy")]
+    assert x == max(robust, key=spread)  # the robust column that separates the methods most (first of ties)
+    assert ys == ["deletion_auc/attribution=gradient/steps=8", "insertion_auc/attribution=gradient/start=0.0/steps=8",
+                  "gini/attribution=gradient"]  # the first row of each interpretability metric
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # average ranks for the tie
+    assert spearman([1, 2], [1, 2]) is None
+    up, down = {"higher_is_better": True, "label": "rob"}, {"higher_is_better": False, "label": "del"}
+    text = _front([("a", 0.5, 0.1), ("b", 0.4, 0.05), ("c", 0.3, 0.2)], up, down)
+    assert "no method beats a, b." in text and "ρ = 0.50" in text  # c loses to a and to b on both axes
+
+
 # ---- the page ---------------------------------------------------------------------------------------------------
 
 def test_the_page_has_every_figure_and_references_nothing_outside_itself(rendered):

@@ -13,11 +13,12 @@ from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
-from clearsight.report.plots import Figure, absent, colour, descriptor, entry, grid, new_figure, png, with_data
+from clearsight.report.plots import Figure, absent, colour, descriptor, entry, grid, legend, new_figure, png, with_data
 from clearsight.report.text import compare, fmt, fmt_pm
 
 MAX_PANELS = 8  # curves and interpretability panels: more would be unreadable at report width
 MAX_SCATTER = 4
+LEGEND = 2.0  # inches on the right for the methods' legend
 
 
 def _spread(summary: Mapping[str, Any], key: str) -> float:
@@ -59,7 +60,7 @@ def scatter(summary: Mapping[str, Any]) -> Figure:
         return absent("scatter", title, "fewer than two methods have complete cells: nothing to compare")
     dx = descriptor(summary, x)
     rows, cols = grid(len(ys), columns=2)
-    fig = new_figure(5.2 * cols, 4.0 * rows)
+    fig = new_figure(5.2 * cols + LEGEND, 4.0 * rows)
     says = []
     for i, y in enumerate(ys):
         dy = descriptor(summary, y)
@@ -75,9 +76,8 @@ def scatter(summary: Mapping[str, Any]) -> Figure:
         ax.set_xlabel(f"{dx['label']} {'↑' if dx['higher_is_better'] else '↓'}")
         ax.set_ylabel(f"{dy['label']} {'↑' if dy['higher_is_better'] else '↓'}")
         ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize="small")
         says.append(_front(points, dx, dy))
+    legend(fig)
     return Figure("scatter", title, [png(fig)], says)
 
 
@@ -90,9 +90,10 @@ def _front(points: Sequence[tuple[str, float, float]], dx: Mapping[str, Any], dy
                         for q in points)]
     rho = spearman([sx * p[1] for p in points], [sy * p[2] for p in points])
     trend = ("" if rho is None else
-             f" Over methods, being better on one axis goes with being {'better' if rho > 0 else 'worse'} on the "
-             f"other (Spearman ρ = {rho:.2f} of the directions, {len(points)} methods).")
-    return (f"{dy['label']} against {dx['label']}: no method beats {', '.join(front)} on both.{trend}")
+             f" Across the {len(points)} methods the two go {'together' if rho > 0 else 'against each other'}"
+             f"{'' if abs(rho) >= 0.5 else ', weakly'} (Spearman ρ = {rho:.2f}, both axes oriented so that "
+             "better is higher).")
+    return f"{dy['label']} against {dx['label']}: on both at once, no method beats {', '.join(front)}.{trend}"
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -128,7 +129,7 @@ def curves(summary: Mapping[str, Any]) -> Figure:
         return absent("curves", title, "no row of the study has curves (deletion_auc, insertion_auc, ...)")
     shown = panels[:MAX_PANELS]
     rows, cols = grid(len(shown))
-    fig = new_figure(4.2 * cols, 3.3 * rows)
+    fig = new_figure(4.2 * cols + LEGEND, 3.3 * rows)
     for i, (d, name) in enumerate(shown):
         ax = fig.add_subplot(rows, cols, i + 1)
         for m in methods:
@@ -142,12 +143,11 @@ def curves(summary: Mapping[str, Any]) -> Figure:
         ax.set_ylabel("class probability" if d["options"].get("output", "probability") == "probability"
                       else "class score")
         ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize="small")
     says = [s for d in dict.fromkeys(d["key"] for d, _ in shown)
             if (s := compare(descriptor(summary, d)["label"], methods, d,
                              higher_is_better=descriptor(summary, d)["higher_is_better"],
                              standard=summary["standard"]))]
+    legend(fig)
     if len(panels) > len(shown):
         says.append(f"The first {len(shown)} of {len(panels)} curves are drawn; every area is in the table.")
     return Figure("curves", title, [png(fig)], says)
@@ -181,7 +181,7 @@ def versus_eps(summary: Mapping[str, Any], *, name: str, title: str, group: str,
     if not fams or not methods:
         return absent(name, title, missing)
     rows, cols = grid(len(fams), columns=2)
-    fig = new_figure(5.2 * cols, 3.8 * rows)
+    fig = new_figure(5.2 * cols + LEGEND, 3.8 * rows)
     says = []
     for i, members in enumerate(fams.values()):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -203,11 +203,10 @@ def versus_eps(summary: Mapping[str, Any], *, name: str, title: str, group: str,
         ax.set_ylim(-0.02, 1.02)
         ax.xaxis.set_major_locator(MaxNLocator(6))
         ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize="small")
         top = members[-1]
         says.append(compare(f"At the largest ε, {top['label']}", methods, top["key"], higher_is_better=True,
                             standard=summary["standard"]) or "")
+    legend(fig)
     return Figure(name, title, [png(fig)], [s for s in says if s])
 
 

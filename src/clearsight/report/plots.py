@@ -55,6 +55,16 @@ def colour(methods: Sequence[Mapping[str, Any]], name: str) -> str:
     return palette[names.index(name) % len(palette)] if name in names else "#000000"
 
 
+def legend(fig: MplFigure) -> None:
+    """One legend of every method drawn, outside the panels (on the right), so that no panel's points hide it."""
+    seen: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
+
+
 def grid(count: int, *, columns: int = 3) -> tuple[int, int]:
     cols = min(columns, count)
     return math.ceil(count / cols), cols
