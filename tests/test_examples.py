@@ -85,3 +85,15 @@ def test_bad_examples_input_and_files_get_clear_errors(tmp_path):
         load_examples(tmp_path / "w.safetensors")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_examples(tmp_path / "missing.safetensors")
+
+
+def test_tabular_examples_keep_their_feature_shape(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    data = cs.data.ArrayDataset(torch.rand(9, 7, generator=g), torch.tensor([1, 1, 0, 1, 0, 0, 1, 1, 0]),
+                                classes=["no", "yes"], name="rows", split="test")
+    torch.manual_seed(5)
+    model = nn.Linear(7, 2)
+    ex = load_examples(save_examples(model, data, tmp_path / "t.safetensors", attributions=["gradient"], count=3,
+                                     device="cpu"))
+    assert ex.indices == [2, 0, 1] and ex.maps["gradient"].shape == (3, 7)
+    torch.testing.assert_close(ex.maps["gradient"], model.weight.detach()[data.y[[2, 0, 1]]])

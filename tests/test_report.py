@@ -358,6 +358,17 @@ def test_scatter_axes_and_words_come_from_the_data(rendered):
     assert "no method beats a, b." in text and "ρ = 0.50" in text  # c loses to a and to b on both axes
 
 
+def test_the_saliency_words_measure_the_mass_on_the_top_tenth_of_features():
+    from clearsight.report.saliency import concentration
+
+    one_hot = torch.zeros(2, 20)
+    one_hot[:, 3] = -2.0  # |map|: the sign does not matter
+    assert concentration(one_hot) == pytest.approx(1.0)
+    assert concentration(torch.ones(3, 1, 4, 5)) == pytest.approx(2 / 20)  # the top 2 of 20 equal features
+    assert concentration(torch.stack([one_hot[0], torch.ones(20)])) == pytest.approx((1.0 + 0.1) / 2)
+    assert math.isnan(concentration(torch.zeros(2, 20)))
+
+
 # ---- the page ---------------------------------------------------------------------------------------------------
 
 def test_the_page_has_every_figure_and_references_nothing_outside_itself(rendered):

@@ -127,10 +127,14 @@ def _concentration_sentence(key: str, rows: Sequence[str], found: Mapping[str, E
     label = key.replace(":", " ")
     if not defined:
         return f"{label}: every map shown is zero."
-    top = max(defined, key=lambda n: defined[n])
+    top, least = max(defined, key=lambda n: defined[n]), min(defined, key=lambda n: defined[n])
+    count = len(found[rows[0]].y)
+    scope = f"these {count} examples only: the table's sparsity rows score many more"
+    if top == least:
+        return (f"{label} maps of {top}: the top {TOP_SHARE:.0%} of features hold {fmt(100 * defined[top])}% of "
+                f"the map's mass ({scope}).")
     text = (f"{label} maps: the top {TOP_SHARE:.0%} of features hold the most of the map's mass for {top} "
             f"({fmt(100 * defined[top])}%)")
     if standard in defined and standard != top:
         text += f", against {fmt(100 * defined[standard])}% for standard"
-    return text + f"; the least for {min(defined, key=lambda n: defined[n])} (these {len(found[rows[0]].y)} " \
-                  "examples only: the table's sparsity rows score many more)."
+    return text + f"; the least for {least} ({fmt(100 * defined[least])}%; {scope})."
