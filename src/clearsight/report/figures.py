@@ -217,6 +217,8 @@ def accuracy_vs_eps(summary: Mapping[str, Any]) -> Figure:
 
 
 def certified_vs_eps(summary: Mapping[str, Any]) -> Figure:
+    # the higher-is-better certificates are fractions of samples certified; bound magnitudes (delta_bound) are
+    # in the table, not on a 0..1 axis
     return versus_eps(summary, name="certified", title="Certified fraction against ε", group="certified",
                       ylabel="certified fraction", zero=None,
                       missing="the study has no certified rows (a suite with certified_accuracy rows adds them)")
