@@ -70,7 +70,7 @@ class ConsistencyPool:
         self.size = max(self.size, first + x.shape[0])
 
     def _units(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), capture(model, [self.layer]) as acts:
+        with torch.no_grad(), capture(model, [self.layer], once=True) as acts:
             model(x)
         out = acts[self.layer][0]
         return (out.flatten(2).mean(2) if out.dim() > 2 else out).detach()  # [B, U]
@@ -144,6 +144,10 @@ def neuron_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, la
                        units: int = 8, seed: int = 0) -> torch.Tensor:
     """Mean over `units` sampled units u of `layer` of ||d a_u(x) / d x||_2, per sample [B] (Moshe et al.,
     arXiv 2211.08686 [recon]; `clearsight.neurons.unit_sensitivity`). y is not used.
+
+    This is METHODS.md's per-unit quantity, not the activation-sensitivity objective's penalty (the squared
+    input-gradient norm of a sum of sampled units, `clearsight.neurons.activation_sensitivity`): lowering one
+    tends to lower the other, but they are not equal.
 
     Args:
         units: how many units; they are drawn with a CPU generator seeded by `seed`, so every batch (and every

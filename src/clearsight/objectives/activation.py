@@ -11,8 +11,12 @@ reconstruction (METHODS.md), with which choices are ours:
   lam * mean_i ||d s / d x_i||_2^2 (ours: lam 1), taken with create_graph=True on the training forward pass
   itself (`clearsight.neurons.sensitivity_from`): one extra double backward per step;
 - `with_jacobian` > 0 adds Hoffman et al.'s Jacobian term with that weight (the paper combines both; ours: 0).
-The per-sample quantity is `clearsight.neurons.activation_sensitivity`, which the neuron-sensitivity metric
-measures on trained models.
+The per-sample penalty of a model is `clearsight.neurons.activation_sensitivity` (the same sampling and
+gradient code, `clearsight.neurons.summed_gradient`, with its own forward pass). The `neuron_sensitivity`
+metric measures a related but different quantity, METHODS.md's mean over sampled units of ||d a_u / d x||_2
+(`clearsight.neurons.unit_sensitivity`); its summed form is this penalty's square root for one layer.
+A layer the model calls more than once in a forward pass is refused (ConfigError): its output is not one
+activation.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def activation_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
         return cross_entropy_only(model, x, y, sensitivity=0.0, jacobian=0.0)
     names = list(layers) if layers is not None else relu_layers(model)
     x = x.detach().requires_grad_(True)  # a leaf of our own: the caller's x is never marked or modified
-    with capture(model, names) as acts:  # hooks for this forward pass only, removed also on error
+    with capture(model, names, once=True) as acts:  # hooks for this forward pass only, removed also on error
         logits = model(x)
     ce = F.cross_entropy(logits, y)
     loss, logs = ce, {"ce": float(ce.detach()), "sensitivity": 0.0, "jacobian": 0.0}
