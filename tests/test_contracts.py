@@ -114,6 +114,18 @@ def test_every_objective_returns_a_loss_that_reaches_every_parameter(name, progr
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_every_declared_extra_has_a_file_reader_and_an_option_naming_its_file(name):
+    """Metadata `extras` {extra: option}: the run loader reads the file the option names with
+    `runs.EXTRA_FILES[extra]`, so an extra without a reader would fail only when a run is configured."""
+    from clearsight.objectives import objective_options
+    from clearsight.runs import EXTRA_FILES
+
+    for extra, option in OBJECTIVES.meta(name).get("extras", {}).items():
+        assert callable(EXTRA_FILES.get(extra)), f"{name}: extra {extra!r} has no reader in runs.EXTRA_FILES"
+        assert option in objective_options(name), f"{name}: extra {extra!r} names no option {option!r}"
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
 def test_every_objective_equals_standard_at_its_declared_standard_points(name):
     """Metadata `standard_at`: option sets (a zero weight, eps 0) at which the objective is exactly `standard`,
     in loss value and in every parameter gradient."""
