@@ -19,6 +19,11 @@ def test_small_cnn_is_the_ir_paper_network():
     assert isinstance(get_layer(model, "features.pool1"), nn.MaxPool2d)
     assert isinstance(build("small-cnn", num_classes=10, pool="avg").features.pool1, nn.AvgPool2d)
     assert get_layer(model, "dropout").p == 0.5
+    slim = build("small-cnn", num_classes=10, channels=(8, 16), hidden=128)  # the quick study's
+    assert n_params(slim) == (25 * 8 + 8) + (25 * 8 * 16 + 16) + (7 * 7 * 16 * 128 + 128) + (128 * 10 + 10)
+    for bad in ((8,), (8, 0)):
+        with pytest.raises(ConfigError, match="two positive channel widths"):
+            build("small-cnn", num_classes=10, channels=bad)
     x = torch.rand(3, 1, 28, 28)
     assert model(x).shape == (3, 10)
     assert model.features(x).shape == (3, 64, 7, 7)  # the Grad-CAM layer
@@ -57,7 +62,7 @@ def test_normalize_layer_math_and_placement():
 
 
 def test_bad_options_name_the_valid_ones():
-    with pytest.raises(ConfigError, match="valid options: dropout, hidden, pool"):
+    with pytest.raises(ConfigError, match="valid options: dropout, hidden, pool, channels"):
         build("small-cnn", num_classes=10, widths=[3])
     with pytest.raises(ConfigError, match="pool must be"):
         build("small-cnn", num_classes=10, pool="median")

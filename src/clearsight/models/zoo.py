@@ -46,22 +46,27 @@ def mlp(*, num_classes: int, input_shape: Sequence[int], widths: Sequence[int] =
 @MODELS.register("small-cnn", input_shape=(1, 28, 28),
                  description="conv32 5x5 - pool - conv64 5x5 - pool - fc1024 - dropout - fc (IR paper, MNIST)")
 def small_cnn(*, num_classes: int, input_shape: Sequence[int], dropout: float = 0.5, hidden: int = 1024,
-              pool: str = "max") -> list:
+              pool: str = "max", channels: Sequence[int] = (32, 64)) -> list:
     """The MNIST network of Noack et al. (arXiv 1912.03430), i.e. the TensorFlow tutorial CNN ("same" padding).
 
-    `pool="avg"` swaps max pooling for average pooling, which interval bounds support.
+    `pool="avg"` swaps max pooling for average pooling, which interval bounds support. `channels` (the two
+    convolutions' widths) and `hidden` shrink it: the quick study's (8, 16) and 128 cost about 15x less per pass.
     """
     if pool not in ("max", "avg"):
         raise ConfigError(f"small-cnn pool must be 'max' or 'avg', got {pool!r}")
+    if len(channels) != 2 or not all(isinstance(n, int) and n > 0 for n in channels) or hidden < 1:
+        raise ConfigError(f"small-cnn needs two positive channel widths and hidden >= 1, got channels "
+                          f"{list(channels)!r}, hidden {hidden!r}")
     if len(input_shape) != 3:
         raise ConfigError(f"small-cnn needs image inputs [C, H, W], got input_shape {tuple(input_shape)}")
     c, h, w = input_shape
     pool_cls = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
+    c1, c2 = (int(n) for n in channels)
     features = nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(c, 32, 5, padding=2)), ("relu1", nn.ReLU()), ("pool1", pool_cls(2)),
-        ("conv2", nn.Conv2d(32, 64, 5, padding=2)), ("relu2", nn.ReLU()), ("pool2", pool_cls(2)),
+        ("conv1", nn.Conv2d(c, c1, 5, padding=2)), ("relu1", nn.ReLU()), ("pool1", pool_cls(2)),
+        ("conv2", nn.Conv2d(c1, c2, 5, padding=2)), ("relu2", nn.ReLU()), ("pool2", pool_cls(2)),
     ]))
-    flat = 64 * (h // 4) * (w // 4)
+    flat = c2 * (h // 4) * (w // 4)
     penultimate = nn.Sequential(OrderedDict([
         ("flatten", nn.Flatten()), ("fc", nn.Linear(flat, hidden)), ("relu", nn.ReLU())]))
     return [("features", features), ("penultimate", penultimate), ("dropout", nn.Dropout(dropout)),

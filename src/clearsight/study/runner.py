@@ -187,8 +187,10 @@ class _Worker:
         cfg = self.study.run_config(cell.method, cell.seed)
         if cell.teacher is not None:
             targets = self._targets(cell)
-            with_targets = dataclasses.replace(cell.method, options={**cell.method.options,
-                                                                     "targets": str(targets.resolve())})
+            # the student reads the maps as they were made: absolute targets want an absolute student gradient
+            options = {"absolute": cell.method.teacher.abs, **cell.method.options,  # type: ignore[union-attr]
+                       "targets": str(targets.resolve())}
+            with_targets = dataclasses.replace(cell.method, options=options)
             cfg = self.study.run_config(with_targets, cell.seed)
         cfg = _on_device(cfg, self.device)
         folder = self.folder(cell)
