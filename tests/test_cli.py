@@ -133,6 +133,10 @@ def test_every_objective_trains_from_the_cli_on_german_credit(tmp_path, name):
     (["train", "--set", "train.epochs=two", "--out", "{tmp}/c"], "train.epochs must be int"),
     (["train", "--dataset", "mnist", "--set", "data.root={tmp}/nodata", "--out", "{tmp}/d"], "download=True"),
     (["evaluate", "{tmp}"], "not a run directory"),
+    (["study", "--preset", "quik"], "neither a preset (quick, paper-mnist, tabular, decoy)"),
+    (["study", "--print", "quik"], "unknown preset 'quik'"),
+    (["study", "--shard", "3/2", "--out", "{tmp}/s"], "--shard expects K/N"),
+    (["report", "{tmp}"], "not a study directory"),
 ])
 def test_user_mistakes_exit_nonzero_without_traceback(tmp_path, args, message):
     result = run(*[a.format(tmp=tmp_path) for a in args])
@@ -251,3 +255,28 @@ def test_a_bad_out_path_is_refused_before_any_work(trained_run, tmp_path):
     result = run("certify", str(trained_run), "--eps", "0.01", "-1")  # every eps checked before any work
     assert result.returncode == 1 and "eps must be a finite number >= 0" in result.stderr
     assert (trained_run / "results.jsonl").read_bytes() == before
+
+
+def test_study_cli_runs_a_printed_and_edited_preset_and_rerenders_its_report(tmp_path):
+    """`study --print` writes a preset that `study --preset FILE` takes back; `report DIR` re-renders without
+    training (the cells are untouched) and prints the summary table."""
+    import yaml
+
+    printed = run("study", "--print", "quick")
+    assert printed.returncode == 0
+    doc = yaml.safe_load(printed.stdout)
+    assert doc["name"] == "quick" and len(doc["methods"]) == 12
+    doc["methods"] = [m for m in doc["methods"] if m["name"] in ("standard", "certified-explanation")]
+    doc["train"]["epochs"] = 1
+    doc["evaluate"] = {"samples": 32, "batch_size": 32, "suites": ["clean"]}
+    doc["examples"] = {"count": 2, "attributions": ["gradient"]}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "mine"
+    result = run("study", "--preset", str(tmp_path / "mine.yaml"), "--out", str(out), "--progress", "none")
+    assert result.returncode == 0, result.stderr
+    assert "certified-explanation" in result.stdout and f"report written to {out / 'report.html'}" in result.stdout
+    cells = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
+    (out / "report.html").unlink()
+    again = run("report", str(out))
+    assert again.returncode == 0 and (out / "report.html").stat().st_size > 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()} == cells

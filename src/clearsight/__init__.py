@@ -23,8 +23,9 @@ from clearsight import (
            objectives,
            registry,
            results,
+           study,
 )
 from clearsight.engine import evaluate, evaluate_rows, fit, predict
 
 __all__ = ["__version__", "attacks", "attributions", "bounds", "data", "errors", "evaluate", "evaluate_rows", "fit",
-           "metrics", "models", "neurons", "objectives", "predict", "registry", "results"]
+           "metrics", "models", "neurons", "objectives", "predict", "registry", "results", "study"]
