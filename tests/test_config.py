@@ -10,7 +10,8 @@ def test_resolve_makes_every_default_explicit():
     cfg = resolve({})
     doc = cfg.to_dict()
     assert doc["data"] == {"name": "mnist-mini", "root": None, "download": False}
-    assert doc["model"] == {"name": "small-cnn", "dropout": 0.5, "hidden": 1024, "pool": "max", "normalize": None}
+    assert doc["model"] == {"name": "small-cnn", "dropout": 0.5, "hidden": 1024, "pool": "max", "channels": (32, 64),
+                            "normalize": None}
     assert doc["objective"] == {"name": "standard", "label_smoothing": 0.0}
     assert doc["train"]["lr"] == TrainConfig().lr and doc["train"]["schedule"] == "cosine"
 
