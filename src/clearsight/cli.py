@@ -326,7 +326,7 @@ def parser() -> argparse.ArgumentParser:
                     "(method, seed) trains into DIR/cells/<method>-seed<s>/. Re-running continues where it "
                     "stopped (a killed run resumes from its last epoch) and skips what is complete; an edited "
                     "study needs --update and reruns only what the edit affects. With no arguments: the quick "
-                    "preset (every method on the embedded mnist-mini data, about 10 minutes on 2 CPU cores) "
+                    "preset (every method on the embedded mnist-mini data, under 4 minutes on 2 CPU cores) "
                     "into runs/quick.",
         epilog="examples:\n  clearsight study\n  clearsight study --print quick > my-study.yaml\n"
                "  clearsight study --preset my-study.yaml --out runs/mine\n"
