@@ -31,7 +31,7 @@ TINY = {
     "evaluate": {"suites": ["clean", {"name": "attack", "rows": [
         {"metric": "robust_accuracy", "attack": [{"name": "pgd"}], "norm": "linf", "eps": 0.05, "steps": 3}]}],
         "samples": 120, "batch_size": 50},
-    "examples": {"count": 0},
+    "examples": {"count": 2, "attributions": ["gradient"]},
     "methods": [
         {"name": "standard", "objective": "standard"},
         {"name": "teacher", "objective": "pgd-at", "options": {"norm": "l2", "steps": 2}},
@@ -46,13 +46,14 @@ def tiny(**changes):
     return doc
 
 
-def run_study(doc, out, **kw):
+def run_study(doc, out, *, report=False, **kw):
     from clearsight.study import run, runner
 
-    # the report is another module's concern (tests/test_report.py); here only the cells matter
+    # the report is tests/test_report.py's concern; here the cells matter, and results.csv where asked
     kw.setdefault("progress", "none")
     original = runner._render
-    runner._render = lambda out: out / "report.html"
+    if not report:
+        runner._render = lambda out: out / "report.html"
     try:
         return run(parse(doc), out, **kw)
     finally:
@@ -65,9 +66,13 @@ def cell_results(out: Path) -> dict[str, dict]:
     for folder in sorted((out / "cells").iterdir()):
         state = json.loads((folder / "cell.json").read_text())
         assert state["complete"], folder
+        written = [r["key"] for r in io.read_jsonl(folder / "results.jsonl")]
+        assert len(written) == len(set(written)), f"{folder.name}: a row was appended twice"
         rows = {r["key"]: r["value"] for r in io.read_jsonl(folder / "results.jsonl")}
         assert sorted(rows) == sorted(state["evaluation"]["rows"])
-        found[folder.name] = {"rows": rows, "weights": io.load_weights(folder / "model.safetensors")}
+        examples, _ = io.load_tensors(folder / "examples.safetensors")
+        found[folder.name] = {"rows": rows, "weights": io.load_weights(folder / "model.safetensors"),
+                              "examples": examples}
     return found
 
 
@@ -75,14 +80,16 @@ def assert_same(a, b):
     assert sorted(a) == sorted(b)
     for name in a:
         assert a[name]["rows"] == b[name]["rows"], name
-        for k, v in a[name]["weights"].items():
-            assert torch.equal(v, b[name]["weights"][k]), (name, k)
+        for part in ("weights", "examples"):
+            assert sorted(a[name][part]) == sorted(b[name][part])
+            for k, v in a[name][part].items():
+                assert torch.equal(v, b[name][part][k]), (name, part, k)
 
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "whole"
-    run_study(TINY, out)
+    run_study(TINY, out, report=True)
     return out, cell_results(out)
 
 
@@ -103,6 +110,14 @@ def whole(tmp_path_factory):
     (tiny(methods=[{"name": "a", "objective": "standard", "train": {"lrr": 3}}]), "train has no option 'lrr'"),
     (tiny(evaluate={"samples": 0}), "evaluate.samples"),
     (tiny(evaluate={"suite": ["quick"]}), "did you mean 'suites'"),
+    (tiny(methods=[{"name": "a", "objective": "ir"}]), "needs a teacher"),
+    (tiny(methods=[{"name": "a", "objective": "standard"},
+                   {"name": "b", "objective": "standard", "teacher": {"method": "a"}}]), "reads no teacher maps"),
+    (tiny(methods=[{"name": "a", "objective": "standard"},
+                   {"name": "b", "objective": "ir", "teacher": {"method": "a", "attribution": "smoothgradd"}}]),
+     "attribution must be smoothgrad or gradient"),
+    (tiny(methods=[{"name": "a", "objective": "standard"},
+                   {"name": "b", "objective": "ir", "teacher": {"method": "a", "n": "many"}}]), "n must be"),
 ])
 def test_a_bad_study_is_refused_naming_the_mistake(doc, message):
     with pytest.raises(ConfigError, match=message):
@@ -171,7 +186,7 @@ def test_a_study_trains_evaluates_and_reruns_nothing(whole):
     out, results = whole
     assert sorted(results) == ["ir-seed0", "standard-seed0", "teacher-seed0"]
     for r in results.values():
-        assert r["rows"]["accuracy"] > 0.5  # german-credit: 70% good risks; a trained model is no worse
+        assert r["rows"]["accuracy/samples=120"] > 0.5  # german-credit: 70% good risks; a trained model is no worse
     ir_cfg = io.read_yaml(out / "cells" / "ir-seed0" / "config.yaml")
     assert Path(ir_cfg["objective"]["targets"]).parent == (out / "cells" / "teacher-seed0").resolve()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
@@ -195,6 +210,10 @@ def test_an_added_row_is_computed_alone_and_settings_changes_need_update(whole, 
         assert {k: v for k, v in after[name]["rows"].items() if k in r["rows"]} == r["rows"]
         assert len(after[name]["rows"]) == len(r["rows"]) + 1
     assert list((out / "stale").glob("study-*.yaml"))
+    # new examples settings are computed with --update too, and nothing retrains
+    run_study(tiny(examples={"count": 3, "attributions": ["gradient"]}, evaluate=doc["evaluate"]), out, update=True)
+    assert {p: p.read_bytes() for p in (out / "cells").rglob("log.jsonl")} == logs
+    assert all(v["examples"]["y"].shape[0] == 3 for v in cell_results(out).values())
 
 
 def test_a_changed_method_retrains_only_its_cells_and_keeps_the_old_ones(whole, tmp_path):
@@ -231,26 +250,33 @@ KILLER = textwrap.dedent("""
                 os._exit(9)  # like SIGKILL: no cleanup, the lock stays behind
             return real(*a, **k)
         setattr(module, name, wrapper)
+    import clearsight.examples
     {"train": lambda: dying(clearsight.engine, "_save_epoch"),
+     "checkpoint": lambda: dying(clearsight.engine.io, "save_state"),
+     "model": lambda: dying(clearsight.engine.io, "save_weights"),
      "evaluate": lambda: dying(runner.io, "append_jsonl"),
-     "targets": lambda: dying(clearsight.targets, "teacher_maps")}[point]()
+     "targets": lambda: dying(clearsight.targets, "teacher_maps"),
+     "examples": lambda: dying(clearsight.examples, "pick")}[point]()
     runner._render = lambda out: out
     run(parse(json.loads(sys.argv[4])), sys.argv[1], progress="none")
 """)
 
 
-@pytest.mark.parametrize("point, after", [("train", 3), ("evaluate", 1), ("targets", 0)])
+@pytest.mark.parametrize("point, after", [("train", 3), ("checkpoint", 1), ("model", 1), ("evaluate", 1),
+                                          ("targets", 0), ("examples", 1)])
 def test_a_killed_study_finishes_with_the_same_results(whole, tmp_path, point, after):
-    """Killed after the 3rd epoch checkpoint (inside the teacher's training), before the second cell's results
-    were written, or inside the teacher's target maps; then run again: every cell's weights and rows are those
-    of the uninterrupted study."""
+    """Killed after the 3rd epoch (inside the teacher's training), in the first cell's last epoch at its
+    checkpoint or at its model file (a run whose final checkpoint is written beside an older model would be
+    trusted with the older weights), before the second cell's results were written, inside the
+    teacher's target maps, or inside the second cell's examples; then run again: every cell's weights, rows and
+    examples, and the study's results.csv, are those of the uninterrupted study."""
     out = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", KILLER, str(out), point, str(after), json.dumps(TINY)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     assert proc.returncode == 9, proc.stderr
-    assert list((out / "locks").iterdir()), "the killed worker left its lock"
-    run_study(TINY, out)
+    run_study(TINY, out, report=True)  # the killed worker's lock died with it
     assert_same(cell_results(out), whole[1])
+    assert (out / "results.csv").read_text() == (whole[0] / "results.csv").read_text()
 
 
 def test_shards_together_give_the_whole_study(whole, tmp_path):
@@ -260,19 +286,28 @@ def test_shards_together_give_the_whole_study(whole, tmp_path):
     assert_same(cell_results(out), whole[1])
 
 
-def test_a_cell_locked_by_a_live_worker_is_left_to_it(tmp_path):
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from clearsight.study.store import locked
+    with locked(Path(sys.argv[1])):
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_cell_locked_by_a_live_worker_is_left_to_it_and_freed_when_it_dies(tmp_path):
     lock = tmp_path / "locks" / "x.lock"
-    lock.parent.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
-        import socket
-        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": proc.pid, "since": 0}))
+        assert proc.stdout.readline().strip() == "held"
         with pytest.raises(Busy) as err, locked(lock):
             pass
         assert err.value.owner["pid"] == proc.pid
     finally:
-        proc.kill()
+        proc.kill()  # SIGKILL: no cleanup, yet the kernel releases the lock
         proc.wait()
-    with locked(lock):  # the owner is dead now: its lock is taken over
+    with locked(lock):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert not lock.exists()
+        with pytest.raises(Busy), locked(lock):  # held: a second holder in this process is refused too
+            pass

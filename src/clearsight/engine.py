@@ -301,7 +301,7 @@ def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.W
         saved = io.read_yaml(config_path) if config_path.exists() else {}
         if isinstance(saved.get("train"), dict):  # a run written before a train option was renamed
             saved["train"] = migrate_train(saved["train"], where=str(config_path))
-        differences = _differences({k: v for k, v in saved.items() if k != "versions"}, io._plain(doc))
+        differences = _differences({k: v for k, v in saved.items() if k != "versions"}, io.plain(doc))
         if differences:
             raise CheckpointError(f"cannot resume {out}: its config differs from this one in "
                                   f"{', '.join(differences)}. Resume with the same config or start a new run.")
@@ -345,11 +345,14 @@ def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
         for b in model.buffers():
             torch.distributed.broadcast(b.data, src=0)
     if world.is_main:
-        # checkpoint first: it holds the history, so the log can always be rebuilt from it
-        io.save_state(out / CHECKPOINT, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "rng": rngs, "epoch": state.epoch, "history": state.history,
-                                         "best": state.best})
+        # the checkpoint last: a kill before it is written resumes from the previous epoch and redoes this one,
+        # rewriting the model and the log; written first, a kill between it and the model would leave a
+        # finished checkpoint beside an older model.safetensors that a resume (with nothing left to train)
+        # never rewrites
         if save_model:
             io.save_weights(out / "model.safetensors", model.state_dict(), {"epoch": state.epoch})
         io.write_jsonl(out / "log.jsonl", state.history)
+        io.save_state(out / CHECKPOINT, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "rng": rngs, "epoch": state.epoch, "history": state.history,
+                                         "best": state.best})
     distributed.barrier(world)

@@ -63,7 +63,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_yaml(path: Path, data: Mapping[str, Any]) -> None:
-    write_text(path, yaml.safe_dump(_plain(data), sort_keys=False))
+    write_text(path, yaml.safe_dump(plain(data), sort_keys=False))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def _json_line(row: Mapping[str, Any]) -> str:
-    return json.dumps(_finite(_plain(row)), allow_nan=False)
+    return json.dumps(_finite(plain(row)), allow_nan=False)
 
 
 def _finite(value: Any) -> Any:
@@ -142,7 +142,7 @@ def _exclusive(folder: Path) -> Iterator[None]:
 
 def save_weights(path: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    meta = {k: json.dumps(_plain(v)) for k, v in (metadata or {}).items()}
+    meta = {k: json.dumps(plain(v)) for k, v in (metadata or {}).items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
@@ -187,12 +187,12 @@ def load_state(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]
                               "over") from err
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Tuples -> lists, Paths -> str, numpy/torch scalars -> Python numbers, recursively (for YAML/JSON)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, (Path, str)):  # str subclasses such as torch.__version__ too
         return str(value)
     if isinstance(value, torch.Tensor) and value.numel() == 1:

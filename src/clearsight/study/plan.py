@@ -154,6 +154,7 @@ def parse(doc: Mapping[str, Any], *, where: str = "the study") -> Study:
             study.run_config(method, seeds[0])
         except ClearsightError as err:  # an unknown objective or option, a bad value
             raise ConfigError(f"{where}: method {method.name!r}: {err}") from None
+    _check_teachers(study, where)
     return study
 
 
@@ -271,6 +272,7 @@ def _method(doc: Any, where: str) -> Method:
         if raw["method"] is None:
             raise ConfigError(f"{where}: teacher needs the name of another method (teacher: {{method: NAME}})")
         teacher = Teacher(**raw)
+        _check_teacher(teacher, f"{where}: teacher")
     train = _mapping(doc.get("train"), f"{where}: train")
     if "seed" in train:
         raise ConfigError(f"{where}: train.seed is set by the study's seeds; remove it")
@@ -306,6 +308,38 @@ def _ordered(methods: list[Method], where: str) -> list[Method]:
     for m in methods:
         visit(m, [])
     return out
+
+
+def _check_teacher(t: Teacher, where: str) -> None:
+    if t.attribution not in ("smoothgrad", "gradient"):
+        raise ConfigError(f"{where}.attribution must be smoothgrad or gradient, got {t.attribution!r}")
+    checks = [("n", type(t.n) is int and t.n >= 1, "an integer >= 1"),
+              ("sigma", isinstance(t.sigma, (int, float)) and not isinstance(t.sigma, bool) and t.sigma >= 0,
+               "a number >= 0"),
+              ("threshold", isinstance(t.threshold, (int, float)) and not isinstance(t.threshold, bool)
+               and t.threshold >= 0, "a number >= 0"),
+              ("abs", isinstance(t.abs, bool), "true or false"),
+              ("seed", type(t.seed) is int and t.seed >= 0, "an integer >= 0")]
+    for key, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{where}.{key} must be {what}, got {getattr(t, key)!r}")
+
+
+def _check_teachers(study: Study, where: str) -> None:
+    """A teacher only for an objective that reads files an objective declares (metadata `extras`, ir's target
+    maps), and such an objective needs a teacher or the file named in its options."""
+    from clearsight.objectives import OBJECTIVES
+
+    for m in study.methods:
+        extras = OBJECTIVES.meta(m.objective).get("extras", {})
+        if m.teacher is not None and not extras:
+            raise ConfigError(f"{where}: method {m.name!r} has a teacher, but objective {m.objective!r} reads no "
+                              "teacher maps (only objectives such as ir do); remove the teacher")
+        missing = [opt for opt in extras.values() if m.options.get(opt) is None]
+        if missing and m.teacher is None:
+            raise ConfigError(f"{where}: method {m.name!r} (objective {m.objective!r}) needs a teacher (teacher: "
+                              f"{{method: NAME}}, another method of the study whose maps it learns) or "
+                              f"options.{missing[0]} naming a target file")
 
 
 def _check_evaluate(study: Study, where: str) -> None:

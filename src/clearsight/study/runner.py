@@ -52,6 +52,7 @@ def run(study: Study, out: str | Path, *, shard_spec: str | None = None, update:
     say = _sayer(bar, report.lines)
     began = time.perf_counter()
     worker = _Worker(study, out, dev, bar, say)
+    worker.mine = {c.name for c in mine}
     left: list[Cell] = []
     for number, cell in enumerate(mine, 1):
         try:
@@ -91,20 +92,31 @@ def _claim(out: Path, study: Study, *, update: bool) -> None:
     data = study.to_data()
     if config.exists():
         saved = io.read_yaml(config)
-        if io._plain(saved) == io._plain(data):
+        if io.plain(saved) == io.plain(data):
             return
         if not update:
-            changed = sorted(k for k in set(saved) | set(data) if io._plain(saved.get(k)) != io._plain(data.get(k)))
+            changed = sorted(k for k in set(saved) | set(data) if io.plain(saved.get(k)) != io.plain(data.get(k)))
             raise ConfigError(f"{out} holds a study with other settings (different: {', '.join(changed)}). Pass "
                               "--update to rerun what the change affects (cells trained with other settings are "
                               "kept in stale/), or choose another --out. Nothing was changed.")
         (out / "stale").mkdir(exist_ok=True)
         io.write_yaml(out / "stale" / f"study-{digest(saved)}.yaml", saved)
-    elif out.exists() and any(out.iterdir()):
+        _unmark_changed(out, study)
+    elif out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):  # a racing shard's temp file
         raise ConfigError(f"{out} exists and is not a study directory (no study.yaml); choose another --out. "
                           "Nothing was changed.")
     out.mkdir(parents=True, exist_ok=True)
     io.write_yaml(config, data)
+
+
+def _unmark_changed(out: Path, study: Study) -> None:
+    """Cells whose settings the update changes stop counting as complete at once (before any worker reruns them),
+    so a report rendered meanwhile never shows their old results as the new study's."""
+    hashes = {c.name: c.hash for c in cells(study)}
+    for folder in sorted((out / "cells").glob("*")):
+        state = read_state(folder) if folder.is_dir() else None
+        if state is not None and state.get("complete") and hashes.get(folder.name) != state.get("hash"):
+            write_state(folder, {**state, "complete": False})
 
 
 def _preflight(study: Study) -> None:
@@ -142,6 +154,8 @@ class _Worker:
     def __init__(self, study: Study, out: Path, device: str, bar: Any, say: Callable[[str], None]) -> None:
         self.study, self.out, self.device, self.bar, self.say = study, out, device, bar, say
         self.counted: dict[str, int] = {}
+        self.mine: set[str] = set()  # the cells of this worker's shard (others' progress is not on its bar)
+        self._opened: dict[str, tuple[Any, Any]] = {}  # cell -> (run, test split), until the cell trains again
 
     def folder(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.name
@@ -149,16 +163,24 @@ class _Worker:
     def cell(self, cell: Cell, tag: str) -> None:
         with locked(self.out / "locks" / f"{cell.name}.lock"):
             state = self._state(cell)
-            evaluated = state.get("evaluation", {})
-            if (state.get("complete") and evaluated.get("settings") == self._eval_settings()
-                    and self._wanted(cell) == evaluated.get("rows")):
-                self.say(f"{tag} {cell.name}: complete")
-                return
+            if state.get("complete"):
+                if self._current(cell, state):
+                    self.say(f"{tag} {cell.name}: complete")
+                    return
+                # redone below: until then the report must not read it as current
+                state["complete"] = False
+                write_state(self.folder(cell), state)
             self._train(cell, state, tag)
             self._evaluate(cell, state, tag)
             self._examples(cell, state, tag)
             state["complete"] = True
             write_state(self.folder(cell), state)
+
+    def _current(self, cell: Cell, state: dict[str, Any]) -> bool:
+        """A complete cell's evaluation and examples are those the study asks for now."""
+        evaluated = state.get("evaluation", {})
+        return (evaluated.get("settings") == self._eval_settings() and state["stages"].get("examples")
+                == self._examples_wanted() and self._wanted(cell) == evaluated.get("rows"))
 
     def _state(self, cell: Cell) -> dict[str, Any]:
         folder = self.folder(cell)
@@ -198,8 +220,11 @@ class _Worker:
         began = time.perf_counter()
 
         def epoch_done(row: dict[str, Any]) -> None:
-            self.bar.update(1)
-            self.counted[cell.name] = self.counted.get(cell.name, 0) + 1
+            if cell.name in self.mine:
+                self.bar.update(1)
+                self.counted[cell.name] = self.counted.get(cell.name, 0) + 1
+
+        self._opened.pop(cell.name, None)
 
         history_before = len(io.read_jsonl(folder / "log.jsonl"))
         train_run(cfg, folder, resume=(folder / "config.yaml").exists(), on_epoch=epoch_done, progress="none")
@@ -245,19 +270,25 @@ class _Worker:
         return {"samples": ev["samples"], "batch_size": ev["batch_size"], "seed": ev["seed"]}
 
     def _test(self, cell: Cell) -> Any:
+        """The cell's trained run and its test split, opened once per cell."""
         from clearsight.runs import load_data, open_run
 
-        run = open_run(self.folder(cell), device=self.device)
-        test = load_data(run.config, "test")
-        samples = self.study.evaluate["samples"]
-        if samples is not None and samples < len(test):
-            import torch
-            test = test.subset(torch.arange(samples))
-        return run, test
+        if cell.name not in self._opened:
+            run = open_run(self.folder(cell), device=self.device)
+            self._opened[cell.name] = (run, load_data(run.config, "test"))
+        return self._opened[cell.name]
 
     def _suites(self, test: Any) -> list[Any]:
+        """The study's suites on the cell's test split; `evaluate.samples` limits every row to the first samples
+        (in its key, so a row `clearsight evaluate` adds to the cell on the whole split never stands for it)."""
         from clearsight.evaluation import suite_for
-        return [suite_for(s, test) for s in self.study.evaluate["suites"]]
+
+        suites = [suite_for(s, test) for s in self.study.evaluate["suites"]]
+        limit = self.study.evaluate["samples"]
+        if limit is None:
+            return suites
+        return [dataclasses.replace(s, rows=[dataclasses.replace(r, samples=min(r.samples or limit, limit))
+                                             for r in s.rows]) for s in suites]
 
     def _wanted(self, cell: Cell) -> list[str] | None:
         """The row keys the study asks of the cell (None when the cell cannot be opened yet)."""
@@ -276,8 +307,11 @@ class _Worker:
         results = folder / "results.jsonl"
         settings = self._eval_settings()
         if state.get("evaluation", {}).get("settings") not in (None, settings) and results.exists():
-            # rows computed with other evaluation settings: kept beside, recomputed
-            results.rename(folder / f"results-{digest(state['evaluation']['settings'])}.jsonl")
+            # rows computed with other evaluation settings: kept beside (never over an earlier copy), recomputed
+            aside, n = folder / f"results-{digest(state['evaluation']['settings'])}.jsonl", 1
+            while aside.exists():
+                aside, n = aside.with_name(f"results-{digest(state['evaluation']['settings'])}.{n}.jsonl"), n + 1
+            results.rename(aside)
         run, test = self._test(cell)
         suites = self._suites(test)
         present = {r["key"] for r in read_rows(results)}
@@ -296,22 +330,27 @@ class _Worker:
         state["evaluation"] = {"settings": settings, "rows": _keys(suites)}
         write_state(folder, state)
         if computed:
-            self.say(f"{tag} {cell.name}: evaluated {computed} rows on {len(test)} test samples in "
-                     f"{time.perf_counter() - began:.0f} s")
+            self.say(f"{tag} {cell.name}: evaluated {computed} rows in {time.perf_counter() - began:.0f} s")
+
+    def _examples_wanted(self) -> dict[str, Any]:
+        ex = self.study.examples
+        return {"count": ex["count"], "attributions": ex["attributions"], "seed": self.study.evaluate["seed"]}
 
     def _examples(self, cell: Cell, state: dict[str, Any], tag: str) -> None:
         from clearsight.examples import save_examples
 
-        ex = self.study.examples
-        want = {"count": ex["count"], "attributions": ex["attributions"], "seed": self.study.evaluate["seed"]}
-        if state["stages"].get("examples") == want or ex["count"] == 0:
+        want = self._examples_wanted()
+        if state["stages"].get("examples") == want:
             return
-        run, test = self._test(cell)
-        save_examples(run.model, test, self.folder(cell) / "examples.safetensors", attributions=ex["attributions"],
-                      count=ex["count"], seed=want["seed"], device=self.device)
+        if want["count"]:
+            began = time.perf_counter()
+            run, test = self._test(cell)
+            save_examples(run.model, test, self.folder(cell) / "examples.safetensors",
+                          attributions=want["attributions"], count=want["count"], seed=want["seed"],
+                          device=self.device)
+            self.say(f"{tag} {cell.name}: saliency examples in {time.perf_counter() - began:.0f} s")
         state["stages"]["examples"] = want
         write_state(self.folder(cell), state)
-        self.counted[cell.name] = self.counted.get(cell.name, 0)
 
 
 def _keys(suites: Sequence[Any]) -> list[str]:

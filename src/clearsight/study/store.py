@@ -3,7 +3,7 @@
     DIR/cells/<method>-seed<s>/     a run directory (config.yaml, model.safetensors, checkpoint/, log.jsonl,
                                     results.jsonl) plus cell.json, examples.safetensors and, for a teacher, its
                                     target maps targets-<hash>.safetensors
-    DIR/locks/<method>-seed<s>.lock held while a worker works on the cell
+    DIR/locks/<method>-seed<s>.lock flock-ed while a worker works on the cell (released when it dies)
     DIR/stale/<method>-seed<s>-<hash>/   a cell whose settings changed, kept (nothing is ever deleted)
 
 cell.json records the settings hash, which stages are done, the evaluation settings and the row keys the study
@@ -22,6 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from clearsight import io
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 from clearsight.errors import CheckpointError
 
 STATE = "cell.json"
@@ -67,59 +72,36 @@ class Busy(Exception):
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold the lock file `path` (created exclusively, so two workers on a shared file system never both hold it).
+    """Hold the lock file `path`: an exclusive `flock` on it, so two workers never both hold it.
 
-    A lock left by a dead process on this host is taken over; one held by a live process, or by a process on
-    another host (which this host cannot check), raises Busy with its owner.
+    The kernel (or, on NFS, the lock server when the client's lease ends) releases the lock when its holder
+    dies, however it dies: a killed worker never leaves a cell locked. A lock held by a live worker raises Busy
+    with its owner (host, pid, since when), which the holder writes into the file. The file itself stays: a lock
+    file removed and re-created while another worker waits on it would let two workers in.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _owner(path)
-            if owner is not None and owner.get("host") == me["host"] and not _alive(owner.get("pid")):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # left by a killed worker on this host
-                continue
-            if owner is None:  # removed (or being written) by its owner just now: try again
-                time.sleep(0.05)
-                continue
-            raise Busy(owner) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    try:
+    if fcntl is None:  # no flock (Windows): one worker per study directory
         yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _owner(path: Path) -> dict[str, Any] | None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        owner = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        # a lock whose owner died between creating and writing it: old enough means it will never be written
         try:
-            return None if time.time() - path.stat().st_mtime < 5 else {"host": socket.gethostname(), "pid": -1}
-        except FileNotFoundError:
-            return None
-    return owner if isinstance(owner, dict) else {"host": socket.gethostname(), "pid": -1}
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(_owner(path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode())
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # no owner named while nobody holds it
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
+def _owner(path: Path) -> dict[str, Any]:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+        owner = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        owner = {}
+    return owner if isinstance(owner, dict) else {}
