@@ -130,7 +130,7 @@ def test_every_objective_trains_from_the_cli_on_german_credit(tmp_path, name):
 @pytest.mark.parametrize("args, message", [
     (["train", "--dataset", "imagenet", "--out", "{tmp}/a"], "Valid datasets:"),
     (["train", "--set", "train.learning_rate=1", "--out", "{tmp}/b"], "valid keys: epochs"),
-    (["train", "--set", "train.epochs=two", "--out", "{tmp}/c"], "train.epochs must be int"),
+    (["train", "--set", "train.epochs=two", "--out", "{tmp}/c"], "train.epochs must be an int >= 1"),
     (["train", "--dataset", "mnist", "--set", "data.root={tmp}/nodata", "--out", "{tmp}/d"], "download=True"),
     (["evaluate", "{tmp}"], "not a run directory"),
     (["study", "--preset", "quik"], "neither a preset (quick, paper-mnist, tabular, decoy)"),
@@ -228,14 +228,14 @@ def test_certify_appends_sound_certificates_to_the_run(credit_run, capsys):
     assert by["certified_topk", 0.01] == pytest.approx(float(topk.mean()))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--eps", "0.01"], "MaxPool2d"),                     # small-cnn with max pooling has no sound rule
-    (["--eps", "-1"], "eps must be a finite number >= 0"),
+@pytest.mark.parametrize("args, code, message", [
+    (["--eps", "0.01"], 1, "MaxPool2d"),                     # small-cnn with max pooling has no sound rule
+    (["--eps", "-1"], 2, "argument --eps: expected a finite number >= 0, got '-1'"),  # a usage error (argparse)
 ])
-def test_certify_mistakes_exit_nonzero_and_write_nothing(trained_run, args, message):
+def test_certify_mistakes_exit_nonzero_and_write_nothing(trained_run, args, code, message):
     before = (trained_run / "results.jsonl").read_bytes()
     result = run("certify", str(trained_run), *args)
-    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == code and message in result.stderr and "Traceback" not in result.stderr
     assert (trained_run / "results.jsonl").read_bytes() == before
 
 
@@ -253,7 +253,7 @@ def test_a_bad_out_path_is_refused_before_any_work(trained_run, tmp_path):
     result = run("certify", str(trained_run), "--eps", "0.01", "--out", str(tmp_path / "missing" / "r.jsonl"))
     assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
     result = run("certify", str(trained_run), "--eps", "0.01", "-1")  # every eps checked before any work
-    assert result.returncode == 1 and "eps must be a finite number >= 0" in result.stderr
+    assert result.returncode == 2 and "argument --eps: expected a finite number >= 0" in result.stderr
     assert (trained_run / "results.jsonl").read_bytes() == before
 
 

@@ -23,11 +23,11 @@ def test_set_values_are_parsed_and_type_checked():
     assert cfg.train.epochs == 3 and cfg.train.nesterov is False
     assert cfg.model.options["widths"] == [64, 32]
     assert cfg.train.milestones == (0.3, 0.6) and cfg.train.grad_clip == 1.0
-    for bad, message in [("train.epochs=2.5", "train.epochs must be int"),
-                         ("train.lr=fast", "train.lr must be float"),
-                         ("train.nesterov=2", "train.nesterov must be bool"),
-                         ("model.dropout=high", "model.dropout must be float"),
-                         ("train.optimizer=rmsprop", "train.optimizer must be one of sgd, adam")]:
+    for bad, message in [("train.epochs=2.5", "train.epochs must be an int >= 1, got 2.5"),
+                         ("train.lr=fast", "train.lr must be a finite number > 0, got 'fast'"),
+                         ("train.nesterov=2", "train.nesterov must be true or false, got 2"),
+                         ("model.dropout=high", r"model.dropout must be a finite number in \[0, 1\), got 'high'"),
+                         ("train.optimizer=rmsprop", "train.optimizer must be one of 'sgd', 'adam', got 'rmsprop'")]:
         with pytest.raises(ConfigError, match=message):
             build_config(overrides=[bad])
 
@@ -69,5 +69,5 @@ def test_train_config_validates_values():
         TrainConfig(val_fraction=1.0)
     with pytest.raises(ConfigError, match="keep=best"):
         TrainConfig(keep="best", val_fraction=0.0)
-    with pytest.raises(ConfigError, match="epochs must be positive"):
+    with pytest.raises(ConfigError, match="train.epochs must be an int >= 1, got 0"):
         TrainConfig(epochs=0)

@@ -199,7 +199,11 @@ def test_load_unknown_option_lists_the_valid_ones(tmp_path):
     for name, (option, valid) in cases.items():
         with pytest.raises(ConfigError) as err:
             load(name, split="train", root=tmp_path, **{option: 1})
-        assert f"dataset {name!r} has no option {option!r}; valid options: {valid}" == str(err.value)
+        message = str(err.value)  # with " (did you mean ...?)" between when a valid option is close
+        assert message.startswith(f"dataset {name!r} has no option {option!r}")
+        assert message.endswith(f"; valid options: {valid}")
+    with pytest.raises(ConfigError, match=r"has no option 'sed' \(did you mean 'seed'\?\)"):
+        load("german-credit", split="train", root=tmp_path, sed=1)
     assert loader_options("adult") == {"test_fraction": 0.2, "seed": 0, "missing": "drop"}
     assert loader_options("decoy-mnist") == {"source": "mnist-mini", "seed": 0}
     assert loader_options("mnist") == {}

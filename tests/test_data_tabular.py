@@ -15,7 +15,7 @@ import torch
 
 import clearsight as cs
 from clearsight.data import tabular
-from clearsight.errors import DataError
+from clearsight.errors import ConfigError, DataError
 
 # the official UCI checksums (of german.data with labels 1 good / 2 bad, and of adult.data)
 UCI_MD5 = {"german.data": "6b94c2e35480e671545e52a808a8a549", "adult.data": "5d7c39d7b8804f071cdd1f2a7c460872"}
@@ -165,7 +165,7 @@ def test_german_split_is_deterministic_and_seeded(german):
     assert not torch.equal(german["test", 1].x, german["test", 0].x)
     half = cs.data.load("german-credit", split="test", test_fraction=0.5)
     assert len(half) == 500 and len(cs.data.load("german-credit", split="train", test_fraction=0.5)) == 500
-    with pytest.raises(DataError, match=r"test_fraction must be in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"test_fraction must be a finite number in \(0, 1\)"):
         cs.data.load("german-credit", split="test", test_fraction=1.0)
 
 
@@ -278,7 +278,7 @@ def test_adult_missing_as_category(adult, adult_file):
         col = names.index(f"{attr}=?")
         n_missing = sum(r[j] == "?" for r in rows)
         assert n_missing > 500 and int(train.x[:, col].sum() + test.x[:, col].sum()) == n_missing
-    with pytest.raises(DataError, match="missing must be 'drop' or 'category'"):
+    with pytest.raises(ConfigError, match="missing must be one of 'drop', 'category', got"):
         cs.data.load("adult", split="train", root=Path("/nonexistent"), missing="impute")
 
 

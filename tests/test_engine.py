@@ -96,7 +96,7 @@ def test_fit_checks_the_objective_before_writing_anything(small_train, tmp_path,
         calls.append((model.training, batch["progress"]))
         return cs.objectives.build("pgd-at", eps=0.1, steps=2, norm="l1")(model, x, y, **batch)  # a wrong norm
 
-    with pytest.raises(ConfigError, match="unknown norm 'l1'"):
+    with pytest.raises(ConfigError, match="norm must be one of 'linf', 'l2', got 'l1'"):
         cs.fit(mlp(), objective, small_train, out_dir=tmp_path / "run", **FAST)
     assert calls == [(False, 1.0)] and not (tmp_path / "run").exists()  # one eval-mode call, nothing written
     with pytest.raises(DataError, match="no extra 'mask'"):

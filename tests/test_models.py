@@ -21,9 +21,10 @@ def test_small_cnn_is_the_ir_paper_network():
     assert get_layer(model, "dropout").p == 0.5
     slim = build("small-cnn", num_classes=10, channels=(8, 16), hidden=128)  # the quick study's
     assert n_params(slim) == (25 * 8 + 8) + (25 * 8 * 16 + 16) + (7 * 7 * 16 * 128 + 128) + (128 * 10 + 10)
-    for bad in ((8,), (8, 0)):
-        with pytest.raises(ConfigError, match="two positive channel widths"):
-            build("small-cnn", num_classes=10, channels=bad)
+    with pytest.raises(ConfigError, match="two positive channel widths"):
+        build("small-cnn", num_classes=10, channels=(8,))
+    with pytest.raises(ConfigError, match=r"channels\[1\] must be an int >= 1, got 0"):
+        build("small-cnn", num_classes=10, channels=(8, 0))
     x = torch.rand(3, 1, 28, 28)
     assert model(x).shape == (3, 10)
     assert model.features(x).shape == (3, 64, 7, 7)  # the Grad-CAM layer

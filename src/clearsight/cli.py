@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,25 @@ import torch
 
 from clearsight import __version__, io
 from clearsight.errors import ClearsightError, ConfigError
+from clearsight.options import Count, NonNegative, NormOrder, Seed, coerce, describe
+
+
+def _typed(hint: Any, parse: Callable[[str], Any] = float) -> Callable[[str], Any]:
+    """An argparse type for a numeric flag: the text parsed by `parse`, then checked against the option type `hint`
+    (`clearsight.options`: finite, in range), so `--delta nan` or `--n 0` stops at the command line."""
+    def convert(text: str) -> Any:
+        try:
+            return coerce("value", parse(text), hint)
+        except (ValueError, ConfigError):  # ConfigError is a ValueError too; argparse says which flag
+            raise argparse.ArgumentTypeError(f"expected {describe(hint)}, got {text!r}") from None
+    return convert
+
+
+def _folder(text: str) -> Path:
+    """An argparse type for --out: a non-empty path (an empty one would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
 
 
 def _registries() -> dict[str, Any]:
@@ -66,25 +85,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _run_config(args: argparse.Namespace):
     from clearsight.config import build_config
 
-    base: dict[str, dict[str, Any]] = {}
-    for section, value in (("data", args.dataset), ("model", args.model), ("objective", args.objective)):
-        if value is not None:
-            base[section] = {"name": value}
-    overrides = list(args.set or [])
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    if args.device is not None:
-        overrides.append(f"train.device={args.device}")
-    return build_config(config_file=args.config, overrides=overrides, base=base)
+    # a flag given on the command line wins over --config's file (--set, the most specific, over both)
+    flags = {"data.name": args.dataset, "model.name": args.model, "objective.name": args.objective,
+             "train.epochs": args.epochs, "train.device": args.device}
+    return build_config(config_file=args.config, overrides=list(args.set or []),
+                        values={k: v for k, v in flags.items() if v is not None})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from clearsight import engine
     from clearsight.runs import load_data, train_run
 
+    out = args.out
+    if args.resume and not (out / "config.yaml").is_file():
+        raise ConfigError(f"--resume: {out} holds no run to continue (no config.yaml); drop --resume to start a new "
+                          "run there, or give the folder of the run to continue")
     cfg = _run_config(args)
     test = load_data(cfg, "test")  # before training: a test split that cannot load costs nothing
-    out = Path(args.out)
     model, _ = train_run(cfg, out, resume=args.resume)
     rows = engine.evaluate_rows(model, test, suite="clean", device=cfg.train.device)
     # a resumed run with nothing left to train evaluates the same weights to the same row: keep one copy (and
@@ -126,14 +143,10 @@ def _suite_arg(value: str) -> str | dict[str, Any]:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     from clearsight import evaluation
-    from clearsight.checks import check_radius
     from clearsight.metrics import certified_suite
     from clearsight.modes import resolve_device
     from clearsight.runs import load_data, open_run
 
-    for eps in args.eps:  # every radius is checked before any work
-        check_radius(eps, "eps")
-    check_radius(args.gamma, "gamma")
     suite = certified_suite(eps=args.eps, gamma=args.gamma, topk=args.topk, sensitive=args.sensitive,
                             delta=args.delta, p=args.p, of=args.of, relative=not args.absolute)
     device = resolve_device(args.device or "auto")
@@ -191,11 +204,12 @@ def _print_summary(study_dir: Path) -> None:
     print(summary_text(study_dir))
 
 
-def _results_target(out: str | None, run_dir: Path) -> Path:
+def _results_target(out: Path | None, run_dir: Path) -> Path:
     """The JSON-lines file results go to, checked before the (long) computation so a typo costs nothing."""
-    target = Path(out) if out else run_dir / "results.jsonl"
+    target = out or run_dir / "results.jsonl"
     if target.is_dir():
-        raise ConfigError(f"--out {target} is a directory; give a file name such as {target / 'results.jsonl'}")
+        what = f"--out {target}" if out else f"{target} (where results go without --out)"
+        raise ConfigError(f"{what} is a directory; give --out a file name such as {target / 'results.jsonl'}")
     if not target.parent.is_dir():
         raise ConfigError(f"cannot write {target}: the folder {target.parent} does not exist")
     if target.exists():
@@ -237,13 +251,14 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--dataset", help="dataset name (default mnist-mini)")
     tr.add_argument("--model", help="model name (default small-cnn)")
     tr.add_argument("--objective", help="objective name (default standard)")
-    tr.add_argument("--epochs", type=int, help="number of epochs (train.epochs)")
+    tr.add_argument("--epochs", type=_typed(Count, int), help="number of epochs (train.epochs)")
     tr.add_argument("--device", help="auto (default: CUDA if available, else CPU), cpu, cuda, cuda:N")
     tr.add_argument("--config", type=Path, help="YAML file with data/model/objective/train sections")
     tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                     help="override one config value, e.g. train.lr=0.01 or objective.label_smoothing=0.1 "
                          "(repeatable; values are parsed as YAML)")
-    tr.add_argument("--out", required=True, help="run directory to write (must not hold a run unless --resume)")
+    tr.add_argument("--out", required=True, type=_folder,
+                    help="run directory to write (must not hold a run unless --resume)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.set_defaults(func=cmd_train)
 
@@ -258,8 +273,8 @@ def parser() -> argparse.ArgumentParser:
                          "interpretability metric on gradient, smoothgrad and integrated-gradients maps; "
                          "certified: interval-bound certificates at the linf budgets; or a YAML file of rows "
                          "(see clearsight.metrics.suites)")
-    ev.add_argument("--out", help="JSON-lines file to append the rows to (default RUN_DIR/results.jsonl)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
+    ev.add_argument("--out", type=_folder, help="JSON-lines file to append the rows to (default RUN_DIR/results.jsonl)")
+    ev.add_argument("--seed", type=_typed(Seed, int), default=0, help="seed of the attacks' random starts (default 0)")
     ev.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -275,20 +290,21 @@ def parser() -> argparse.ArgumentParser:
         epilog="example:\n  clearsight certify runs/credit --eps 0.01 0.05 --topk 5 --sensitive sex,age",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ce.add_argument("run_dir", metavar="RUN_DIR")
-    ce.add_argument("--eps", type=float, nargs="+", required=True, metavar="E",
+    ce.add_argument("--eps", type=_typed(NonNegative), nargs="+", required=True, metavar="E",
                     help="l-inf input radius; several values give one set of rows each")
-    ce.add_argument("--gamma", type=float, default=0.0, help="relative parameter radius (default 0)")
-    ce.add_argument("--topk", type=int, help="size of the top set for the sensitive-feature certificate")
+    ce.add_argument("--gamma", type=_typed(NonNegative), default=0.0, help="relative parameter radius (default 0)")
+    ce.add_argument("--topk", type=_typed(Count, int), help="size of the top set for the sensitive-feature certificate")
     ce.add_argument("--sensitive", metavar="NAMES",
                     help="comma-separated sensitive attributes (e.g. sex,age) or feature names; needs --topk")
-    ce.add_argument("--delta", type=float,
+    ce.add_argument("--delta", type=_typed(NonNegative),
                     help="also report the fraction whose delta bound is <= DELTA (relative to ||g(x)|| unless "
                          "--absolute)")
     ce.add_argument("--absolute", action="store_true", help="delta bound in absolute units, not relative to ||g(x)||")
-    ce.add_argument("--p", type=float, default=2.0, help="norm of the delta bound (default 2; inf for l-inf)")
+    ce.add_argument("--p", type=_typed(NormOrder), default=2.0,
+                    help="norm of the delta bound (default 2; inf for l-inf)")
     ce.add_argument("--of", default="logit", choices=["logit", "ce"],
                     help="the gradient certified: of the true-class logit (default) or of the cross-entropy")
-    ce.add_argument("--out", help="JSON-lines file to append the rows to (default RUN_DIR/results.jsonl)")
+    ce.add_argument("--out", type=_folder, help="JSON-lines file to append the rows to (default RUN_DIR/results.jsonl)")
     ce.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     ce.set_defaults(func=cmd_certify)
 
@@ -305,17 +321,19 @@ def parser() -> argparse.ArgumentParser:
                "runs/teacher/targets.safetensors --out runs/ir",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     tg.add_argument("teacher", metavar="TEACHER_RUN_DIR")
-    tg.add_argument("--out", required=True, help="file to write (must not exist), e.g. targets.safetensors")
+    tg.add_argument("--out", required=True, type=_folder,
+                    help="file to write (must not exist), e.g. targets.safetensors")
     tg.add_argument("--attribution", default="smoothgrad", choices=["smoothgrad", "gradient"],
                     help="smoothgrad (default, the paper's) or the plain gradient (a control)")
-    tg.add_argument("--n", type=int, default=50, help="noisy copies for smoothgrad (default 50)")
-    tg.add_argument("--sigma", type=float, default=0.15, help="noise std relative to the input range (default 0.15)")
-    tg.add_argument("--threshold", type=float, default=1.0,
+    tg.add_argument("--n", type=_typed(Count, int), default=50, help="noisy copies for smoothgrad (default 50)")
+    tg.add_argument("--sigma", type=_typed(NonNegative), default=0.15,
+                    help="noise std relative to the input range (default 0.15)")
+    tg.add_argument("--threshold", type=_typed(NonNegative), default=1.0,
                     help="keep entries farther than this many standard deviations from the map's mean (default 1; "
                          "0 keeps every entry)")
     tg.add_argument("--abs", action="store_true", help="absolute gradients instead of signed ones (a control)")
-    tg.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
-    tg.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    tg.add_argument("--seed", type=_typed(Seed, int), default=0, help="seed of the noise (default 0)")
+    tg.add_argument("--batch-size", type=_typed(Count, int), default=256, help="images per batch (default 256)")
     tg.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     tg.set_defaults(func=cmd_targets)
 
@@ -334,7 +352,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("--preset", default="quick", metavar="PRESET|FILE",
                     help="quick (default), paper-mnist, tabular, decoy, or a study YAML file")
-    st.add_argument("--out", help="study directory (default runs/<study name>)")
+    st.add_argument("--out", type=_folder, help="study directory (default runs/<study name>)")
     st.add_argument("--shard", metavar="K/N", help="run only every N-th cell, starting with the K-th (1 <= K <= N)")
     st.add_argument("--update", action="store_true",
                     help="the directory holds this study with other settings: rerun what changed (cells trained "

@@ -15,17 +15,28 @@ type raise ConfigError naming the valid keys.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from clearsight.errors import ConfigError
+from clearsight.options import (
+    Count,
+    Fraction,
+    NonNegative,
+    Positive,
+    ProperFraction,
+    Seed,
+    check_values,
+    coerce,
+    did_you_mean,
+    option_hints,
+)
 
 
 @dataclass(frozen=True)
@@ -49,35 +60,27 @@ class TrainConfig:
         progress: "auto" (a bar on a terminal, plain lines otherwise), "bar", "lines" or "none".
     """
 
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
+    epochs: Count = 10
+    batch_size: Count = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Positive = 0.05
+    momentum: ProperFraction = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    lr_decay: float = 0.1
-    val_fraction: float = 0.1
-    keep: str = "last"
-    grad_clip: float | None = None
-    seed: int = 0
+    weight_decay: NonNegative = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[Fraction, ...] = (0.5, 0.75)
+    lr_decay: Positive = 0.1
+    val_fraction: ProperFraction = 0.1
+    keep: Literal["last", "best"] = "last"
+    grad_clip: Positive | None = None
+    seed: Seed = 0
     device: str = "auto"
-    progress: str = "auto"
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
 
     def __post_init__(self) -> None:
-        choices = {"optimizer": ("sgd", "adam"), "schedule": ("cosine", "step", "constant"),
-                   "keep": ("last", "best"), "progress": ("auto", "bar", "lines", "none")}
-        for key, valid in choices.items():
-            if getattr(self, key) not in valid:
-                raise ConfigError(f"train.{key} must be one of {', '.join(valid)}, got {getattr(self, key)!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"train.{key} must be positive, got {value}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        # every field checked against its annotation (type, finite, range, choices) and stored in its type
+        for key, hint in typing.get_type_hints(TrainConfig, include_extras=True).items():
+            object.__setattr__(self, key, coerce(f"train.{key}", getattr(self, key), hint))
         if self.keep == "best" and self.val_fraction == 0.0:
             raise ConfigError("train.keep=best selects on validation accuracy; set train.val_fraction > 0")
 
@@ -142,14 +145,29 @@ DATA_COMMON = {"root": None, "download": False}
 
 def component_options(section: str, name: str) -> dict[str, Any]:
     """Valid option names of `name` in `section` with their defaults (from the registered signature)."""
+    own = _registry(section).options(name, exclude=_EXCLUDED[section])
+    return {**DATA_COMMON, **own} if section == "data" else {**own, **_COMMON[section]}
+
+
+def _registry(section: str) -> Any:
     if section == "data":
-        from clearsight.data import loader_options
-        return {**DATA_COMMON, **loader_options(name)}
+        from clearsight.data import DATASETS
+        return DATASETS
     if section == "model":
-        from clearsight.models import model_options
-        return {**model_options(name), "normalize": None}
-    from clearsight.objectives import objective_options
-    return objective_options(name)
+        from clearsight.models import MODELS
+        return MODELS
+    from clearsight.objectives import OBJECTIVES
+    return OBJECTIVES
+
+
+# Options every entry of a section has beyond its own signature's (data: where the files are; model: the
+# Normalize layer), and the signature's parameters that are not options (the loader's, the builder's).
+_COMMON: dict[str, dict[str, Any]] = {"model": {"normalize": None}, "objective": {}}
+_EXCLUDED = {"data": ("root", "download"), "model": ("num_classes", "input_shape"), "objective": ()}
+_COMMON_HINTS: dict[str, dict[str, Any]] = {
+    "data": {"root": str | None, "download": bool},
+    "model": {"normalize": Sequence[Sequence[float]] | None},
+    "objective": {}}
 
 
 def parse_value(text: str) -> Any:
@@ -163,13 +181,21 @@ def parse_value(text: str) -> Any:
 def apply_override(doc: dict[str, Any], assignment: str) -> None:
     """Apply one `section.key=value` assignment to a nested dict."""
     key, sep, value = assignment.partition("=")
+    if not sep:
+        raise ConfigError(f"--set expects section.key=value (e.g. train.lr=0.01), got {assignment!r}; "
+                          f"sections: {', '.join(SECTIONS)}")
+    _assign(doc, key, parse_value(value), assignment)
+
+
+def _assign(doc: dict[str, Any], key: str, value: Any, assignment: str) -> None:
     section, dot, option = key.strip().partition(".")
-    if not sep or not dot or not option:
+    if not dot or not option:
         raise ConfigError(f"--set expects section.key=value (e.g. train.lr=0.01), got {assignment!r}; "
                           f"sections: {', '.join(SECTIONS)}")
     if section not in SECTIONS:
-        raise ConfigError(f"unknown config section {section!r} in {assignment!r}; sections: {', '.join(SECTIONS)}")
-    doc.setdefault(section, {})[option] = parse_value(value)
+        raise ConfigError(f"unknown config section {section!r} in {assignment!r}{did_you_mean(section, SECTIONS)}; "
+                          f"sections: {', '.join(SECTIONS)}")
+    doc.setdefault(section, {})[option] = value
 
 
 SECTIONS = ("data", "model", "objective", "train")
@@ -199,21 +225,21 @@ def resolve(doc: Mapping[str, Any]) -> RunConfig:
         if not isinstance(name, str):
             raise ConfigError(f"{section}.name must be a string, got {name!r}")
         valid = component_options(section, name)  # raises UnknownNameError listing valid names
-        for key, value in raw.items():
+        for key in raw:
             if key not in valid:
-                raise ConfigError(f"{section} {name!r} has no option {key!r}; valid keys: "
-                                  f"{', '.join(['name', *valid])}")
-            _check_like(f"{section}.{key}", value, valid[key])
+                raise ConfigError(f"{section} {name!r} has no option {key!r}{did_you_mean(key, list(valid))}; "
+                                  f"valid keys: {', '.join(['name', *valid])}")
+        hints = {**option_hints(_registry(section).get(name)), **_COMMON_HINTS[section]}
+        check_values(f"{section}.", raw, hints)
         parts[section] = Component(name, {**valid, **raw})
     parts["objective"] = _with_budgets(parts["objective"], parts["data"].name)
     train_raw = migrate_train(_section(doc, "train"), where="the config")
-    hints = typing.get_type_hints(TrainConfig)
     valid_train = [f.name for f in dataclasses.fields(TrainConfig)]
-    for key, value in train_raw.items():
-        if key not in hints:
-            raise ConfigError(f"train has no option {key!r}; valid keys: {', '.join(valid_train)}")
-        train_raw[key] = _coerce(f"train.{key}", value, hints[key])
-    return RunConfig(train=TrainConfig(**train_raw), **parts)
+    for key in train_raw:
+        if key not in valid_train:
+            raise ConfigError(f"train has no option {key!r}{did_you_mean(key, valid_train)}; valid keys: "
+                              f"{', '.join(valid_train)}")
+    return RunConfig(train=TrainConfig(**train_raw), **parts)  # TrainConfig checks and coerces every value
 
 
 def _with_budgets(objective: Component, dataset: str) -> Component:
@@ -230,59 +256,18 @@ def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check `value` against a type hint; ints are accepted for floats and lists for tuples."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(_coerce(key, v, args[0]) for v in value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint in (str, bool) and type(value) is hint:
-        return value
-    raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r} "
-                      f"({type(value).__name__})")
-
-
-def _check_like(key: str, value: Any, default: Any) -> None:
-    """Options without annotations are checked against the type of their default (None accepts anything)."""
-    if default is None or value is None:
-        return
-    if isinstance(default, bool) or isinstance(value, bool):
-        ok = isinstance(value, bool) and isinstance(default, bool)
-    elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
-    elif isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise ConfigError(f"{key} must be {type(default).__name__} like its default {default!r}, got {value!r} "
-                          f"({type(value).__name__})")
-
-
 def build_config(*, config_file: Path | None = None, overrides: Sequence[str] = (),
-                 base: Mapping[str, Any] | None = None) -> RunConfig:
-    """Merge base values, a YAML file and `--set` overrides (later wins), then resolve."""
+                 base: Mapping[str, Any] | None = None, values: Mapping[str, Any] | None = None) -> RunConfig:
+    """Merge, later winning: `base` sections, a YAML file, `values` ({"section.key": value}, the command line's
+    own flags such as --dataset) and `--set` overrides; then resolve."""
     doc: dict[str, Any] = {k: dict(v) for k, v in (base or {}).items()}
     if config_file is not None:
-        for section, values in load_yaml(config_file).items():
-            if not isinstance(values, Mapping):
+        for section, options in load_yaml(config_file).items():
+            if not isinstance(options, Mapping):
                 raise ConfigError(f"config section {section!r} in {config_file} must be a mapping")
-            doc.setdefault(section, {}).update(values)
+            doc.setdefault(section, {}).update(options)
+    for key, value in (values or {}).items():
+        _assign(doc, key, value, f"{key}={value}")
     for assignment in overrides:
         apply_override(doc, assignment)
     return resolve(doc)

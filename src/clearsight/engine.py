@@ -8,6 +8,7 @@ states, epoch, step and the epoch history) in one file, so weights and optimizer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -128,11 +129,38 @@ def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDat
            "train": dataclasses.asdict(cfg)}
     torch.manual_seed(cfg.seed + world.rank)
     optimizer = _optimizer(model, cfg)
+    made = out is not None and not out.exists()
     state = _start(out, doc, resume, world, model, optimizer, device, cfg.keep)
     distributed.broadcast_state(model, world)
     batches = Batches(train, DistributedSampler(train, num_replicas=world.size, rank=world.rank, shuffle=True,
                                                 seed=cfg.seed), cfg.batch_size // world.size, device)
     report = reporter(cfg.progress, is_main=world.is_main)
+    try:
+        _epochs(model, objective, optimizer, batches, state, val, cfg, device, world, report, out, on_epoch)
+    except TrainingError:
+        if out is not None and world.is_main and not _trained(out):
+            # a run that diverged before its first checkpoint holds nothing but the config.yaml written at its
+            # start: removed, so the folder is not taken by a run with no weights (nothing trained is lost)
+            (out / "config.yaml").unlink(missing_ok=True)
+            if made:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # the folder this run made, if nothing else was put in it
+        raise
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return state.history
+
+
+def _trained(out: Path) -> bool:
+    """Whether `out` holds anything training produced (a checkpoint or weights)."""
+    return (out / CHECKPOINT).exists() or (out / "model.safetensors").exists()
+
+
+def _epochs(model: nn.Module, objective: Callable[..., LossOutput], optimizer: torch.optim.Optimizer,
+            batches: Batches, state: RunState, val: ArrayDataset | None, cfg: TrainConfig, device: torch.device,
+            world: distributed.World, report: Reporter, out: Path | None,
+            on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+    """Train the epochs left in `state`, saving and reporting each."""
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
         sums = _train_epoch(model, objective, optimizer, batches, state.epoch, cfg, world, report, out)
@@ -145,9 +173,6 @@ def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDat
         report.line(row)
         if on_epoch is not None and world.is_main:
             on_epoch(row)
-    if state.best_weights is not None:
-        model.load_state_dict(state.best_weights)
-    return state.history
 
 
 def _train_epoch(model: nn.Module, objective: Callable[..., LossOutput], optimizer: torch.optim.Optimizer,
@@ -227,8 +252,12 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def _check_finite(result: LossOutput, epoch: int, step: int, out: Path | None) -> None:
     if bool(torch.isfinite(result.loss.detach())):
         return
-    kept = (f"The last good checkpoint is kept in {out / CHECKPOINT.parent}." if out is not None
-            else "Nothing was saved (no out_dir).")
+    if out is None:
+        kept = "Nothing was saved (no out_dir)."
+    elif _trained(out):
+        kept = f"The last good checkpoint is kept in {out / CHECKPOINT.parent}."
+    else:
+        kept = f"No epoch had finished, so nothing was kept: {out} can be used again."
     raise TrainingError(f"the loss became {float(result.loss.detach())} at epoch {epoch + 1}, step {step + 1} "
                         f"(terms: {result.logs}); training stopped. {kept} Lower the learning rate or check "
                         "the data and objective options, then start a new run.")

@@ -41,7 +41,7 @@ from clearsight.checks import check_labels
 from clearsight.data.base import ArrayDataset, as_array_dataset
 from clearsight.errors import ConfigError, DataError
 from clearsight.metrics.registry import METRICS
-from clearsight.metrics.shared import batch_cache
+from clearsight.metrics.shared import batch_cache, clean_logits
 from clearsight.metrics.suites import HYGIENE_SAMPLES, Row, Suite
 from clearsight.modes import eval_mode, resolve_device
 from clearsight.progress import reporter
@@ -112,6 +112,7 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
             began = time.perf_counter()
             batch = {k: v.to(dev) for k, v in data.batch(slice(i, i + batch_size)).items()}
             with batch_cache():
+                check_finite_logits(clean_logits(model, batch["x"]), first=i)
                 for plan in plans:
                     if i < plan.limit(len(data)):
                         plan.run(model, batch, i)
@@ -150,6 +151,18 @@ def check_model_output(model: nn.Module, data: ArrayDataset, device: torch.devic
     if out.dim() != 2:
         raise DataError(f"the model must return logits [B, C]; it returned shape {tuple(out.shape)}")
     check_labels(data.y, num_classes=out.shape[1], name=f"{data.name or 'dataset'} labels")
+
+
+def check_finite_logits(logits: torch.Tensor, *, first: int) -> None:
+    """Refuse to score a model whose logits are NaN or infinite: argmax would call every such sample class 0, and
+    every row built on it (accuracy, attacks, maps) would be a number that means nothing."""
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        where = first + int(bad.nonzero()[0])
+        raise DataError(f"the model's logits are NaN or infinite on {int(bad.sum())} of {logits.shape[0]} inputs "
+                        f"(the first: sample {where}); its weights are broken (NaN or overflowing) or the inputs "
+                        "drive it out of range. Nothing was scored; check the weights (retrain, or resume from an "
+                        "earlier checkpoint)")
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -154,7 +154,8 @@ def _checked_units(idx: torch.Tensor, numel: int) -> torch.Tensor:
     return idx
 
 
-MODES = ("units", "projection")
+Mode = Literal["units", "projection"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 def relu_layers(model: nn.Module) -> list[str]:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from clearsight.errors import ConfigError, UnknownNameError
+from clearsight.options import check_values, did_you_mean, option_hints
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -78,13 +79,16 @@ class Registry(Generic[T]):
         params = inspect.signature(self.get(name)).parameters.values()
         return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in skip}
 
-    def check_options(self, name: str, options: Iterable[str], *, exclude: Iterable[str] = ()) -> None:
-        """Refuse option names that entry `name` does not have, listing the valid ones."""
+    def check_options(self, name: str, options: Mapping[str, Any], *, exclude: Iterable[str] = ()) -> None:
+        """Refuse option names that entry `name` does not have (listing the valid ones, with the closest), and
+        values outside what the entry's annotations declare (`clearsight.options`: type, finite, range)."""
         valid = self.options(name, exclude=exclude)
         unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise ConfigError(f"{self.kind} {name!r} has no option {unknown[0]!r}; valid options: "
+            close = did_you_mean(unknown[0], list(valid))
+            raise ConfigError(f"{self.kind} {name!r} has no option {unknown[0]!r}{close}; valid options: "
                               f"{', '.join(valid) or '(none)'}")
+        check_values(f"{self.kind} {name!r} option ", options, option_hints(self.get(name)))
 
     def bind(self, name: str, /, **options: Any) -> functools.partial:
         """Entry `name` with `options` bound (checked against its keyword-only parameters)."""

@@ -155,8 +155,14 @@ def open_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
     if not weights.exists():
         raise CheckpointError(f"{path} has no model.safetensors yet (training did not finish an epoch); "
                               "resume it with `clearsight train ... --resume`")
+    state = io.load_weights(weights)
+    broken = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise CheckpointError(f"{weights} holds NaN or infinite values (in {', '.join(broken[:3])}"
+                              f"{', ...' if len(broken) > 3 else ''}): the model cannot be evaluated. Retrain it, "
+                              "or resume it from a checkpoint taken before it diverged")
     try:
-        model.load_state_dict(io.load_weights(weights))
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"{weights} does not fit the model in {path}/config.yaml: {err}") from err
     return Run(path, cfg, info, model.to(device))

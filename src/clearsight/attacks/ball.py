@@ -7,12 +7,15 @@ sample on batches [B, ...].
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 
-NORMS = ("linf", "l2")
+Norm = Literal["linf", "l2"]
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 def per_sample_norm(t: torch.Tensor) -> torch.Tensor:

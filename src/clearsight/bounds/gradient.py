@@ -8,7 +8,7 @@ the gradient is enclosed by multiplying interval matrices backwards from the see
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,8 @@ from clearsight.bounds.layers import backpropagate, bound_layers, propagate
 from clearsight.checks import check_inputs, check_labels, check_radius
 from clearsight.errors import ConfigError
 
-OF = ("logit", "ce")
+Of = Literal["logit", "ce"]
+OF: tuple[str, ...] = get_args(Of)
 
 
 class GradientBounds(NamedTuple):

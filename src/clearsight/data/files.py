@@ -83,8 +83,9 @@ def ensure_file(path: Path, md5: str | None, urls: Sequence[str], *, download_ok
             check_md5(path, md5)
         return path
     if not download_ok:
-        raise DataError(f"missing {path}. {how} Or pass download=True (CLI: --set data.download=true) to fetch "
-                        "it from the official mirror.")
+        raise DataError(f"missing {path}. {how} Or let clearsight fetch it from the official mirror: download=True "
+                        "in Python, data.download: true in a run's config (`clearsight train --set "
+                        "data.download=true`).")
     if md5 is None:
         raise DataError(f"missing {path} and no checksum is known to verify a download; put the file there")
     return download(urls, path, md5)

@@ -15,6 +15,7 @@ from clearsight.data.base import ArrayDataset, default_root
 from clearsight.data.files import check_md5, ensure_file, load_array_pickle, read_idx, safe_extract_tar
 from clearsight.data.registry import DATASETS
 from clearsight.errors import DataError
+from clearsight.options import Seed
 
 # Attack budgets used by evaluation suites (metadata `eps_grid`), from Noack et al.'s evaluation code
 # (METHODS.md, "Evaluation grids").
@@ -173,7 +174,7 @@ DECOY_SIZE = 4
                    eps_grid=MNIST_EPS, train_eps=MNIST_TRAIN_EPS,
                    description="MNIST with a 4x4 corner patch whose shade gives away the label in training only")
 def decoy_mnist(split: str, *, root: Path | None = None, download: bool = False, source: str = "mnist-mini",
-                seed: int = 0) -> ArrayDataset:
+                seed: Seed = 0) -> ArrayDataset:
     """Decoy-MNIST (Ross & Doshi-Velez, arXiv 1703.03717), derived from `source` (mnist-mini or mnist).
 
     Each image gets a 4x4 patch in a random corner; its gray level is 255 - 25*y in training (a shortcut) and

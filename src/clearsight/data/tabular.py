@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from clearsight.data.base import ArrayDataset
 from clearsight.data.files import ensure_file
 from clearsight.data.registry import DATASETS
 from clearsight.errors import DataError
+from clearsight.options import OpenFraction, Seed
 
 UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/"
 EMBEDDED_DIR = Path(__file__).parent / "uci"
@@ -113,8 +115,8 @@ GERMAN_COLUMNS = [Column(n, num) for n, num in [
 @DATASETS.register("german-credit", kind="tabular", num_classes=2, embedded=True, eps_grid=TABULAR_EPS,
                    train_eps=TABULAR_TRAIN_EPS,
                    description="UCI Statlog German Credit (1,000 rows), embedded (or ROOT/german-credit/german.data)")
-def german_credit(split: str, *, root: Path, download: bool = False, test_fraction: float = 0.2,
-                  seed: int = 0) -> ArrayDataset:
+def german_credit(split: str, *, root: Path, download: bool = False, test_fraction: OpenFraction = 0.2,
+                  seed: Seed = 0) -> ArrayDataset:
     """German Credit: label 0 = good, 1 = bad credit risk. Sensitive: `sex` (the one-hot columns of attribute
     9, "personal status and sex", A91-A95) and `age`.
 
@@ -142,8 +144,8 @@ ADULT_COLUMNS = [
 @DATASETS.register("adult", kind="tabular", num_classes=2, embedded=True, eps_grid=TABULAR_EPS,
                    train_eps=TABULAR_TRAIN_EPS,
                    description="UCI Adult census income (32,561 rows), embedded (or ROOT/adult/adult.data)")
-def adult(split: str, *, root: Path, download: bool = False, test_fraction: float = 0.2, seed: int = 0,
-          missing: str = "drop") -> ArrayDataset:
+def adult(split: str, *, root: Path, download: bool = False, test_fraction: OpenFraction = 0.2, seed: Seed = 0,
+          missing: Literal["drop", "category"] = "drop") -> ArrayDataset:
     """Adult: label 1 = income >50K. Sensitive: `sex` and `race`.
 
     `fnlwgt` (a census sampling weight, not an attribute of the person) is dropped. Rows with a missing value

@@ -13,6 +13,7 @@ from clearsight import attacks
 from clearsight.attacks.robust import prediction_attack
 from clearsight.errors import ConfigError
 from clearsight.metrics.registry import METRICS
+from clearsight.metrics.shared import clean_logits
 from clearsight.specs import Spec, spec_list
 
 
@@ -20,8 +21,7 @@ from clearsight.specs import Spec, spec_list
                   description="clean accuracy: 1 where the top logit is the label")
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """1.0 where argmax f(x) = y, else 0.0; shape [B]. Evaluated as given (callers set eval mode)."""
-    with torch.inference_mode():
-        return (model(x).argmax(1) == y).float()
+    return (clean_logits(model, x).argmax(1) == y).float()
 
 
 def attack_list(attack: Any) -> list[Spec]:

@@ -48,6 +48,16 @@ def shared(key: Hashable, compute: Callable[[], T], *args: Any) -> T:
     return cache[ident][1]
 
 
+def clean_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """f(x) under inference mode, once per batch cache: the evaluation driver's finiteness check and the accuracy
+    row share one forward pass."""
+    def forward() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    return shared("clean_logits", forward, model, x)
+
+
 def _identity(value: Any) -> Hashable | None:
     if isinstance(value, torch.Tensor):
         if value.is_inference():  # no version counter: an in-place change could not be seen

@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal
 
 from torch import nn
 
 from clearsight.errors import ConfigError
 from clearsight.models.registry import MODELS
+from clearsight.options import Count, ProperFraction
 
 
 def _sequential(parts: list[tuple[str, nn.Module]], aliases: dict[str, str] | None = None) -> nn.Sequential:
@@ -30,7 +32,7 @@ def _sequential(parts: list[tuple[str, nn.Module]], aliases: dict[str, str] | No
 
 @MODELS.register("mlp", input_shape=(784,), aliases={"penultimate": "features"},
                  description="fully connected ReLU network (tabular data, bounds)")
-def mlp(*, num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (256, 256)) -> list:
+def mlp(*, num_classes: int, input_shape: Sequence[int], widths: Sequence[Count] = (256, 256)) -> list:
     """Flatten -> [Linear -> ReLU] per entry of `widths` -> Linear logits."""
     if not widths or any(int(w) < 1 for w in widths):
         raise ConfigError(f"mlp widths must be a non-empty list of positive ints, got {list(widths)}")
@@ -45,8 +47,8 @@ def mlp(*, num_classes: int, input_shape: Sequence[int], widths: Sequence[int] =
 
 @MODELS.register("small-cnn", input_shape=(1, 28, 28),
                  description="conv32 5x5 - pool - conv64 5x5 - pool - fc1024 - dropout - fc (IR paper, MNIST)")
-def small_cnn(*, num_classes: int, input_shape: Sequence[int], dropout: float = 0.5, hidden: int = 1024,
-              pool: str = "max", channels: Sequence[int] = (32, 64)) -> list:
+def small_cnn(*, num_classes: int, input_shape: Sequence[int], dropout: ProperFraction = 0.5,
+              hidden: Count = 1024, pool: Literal["max", "avg"] = "max", channels: Sequence[Count] = (32, 64)) -> list:
     """The MNIST network of Noack et al. (arXiv 1912.03430), i.e. the TensorFlow tutorial CNN ("same" padding).
 
     `pool="avg"` swaps max pooling for average pooling, which interval bounds support. `channels` (the two
@@ -95,7 +97,7 @@ class PreActBlock(nn.Module):
 
 
 @MODELS.register("resnet18", input_shape=(3, 32, 32), description="pre-activation ResNet-18 (CIFAR-10)")
-def resnet18(*, num_classes: int, input_shape: Sequence[int], width: int = 64) -> list:
+def resnet18(*, num_classes: int, input_shape: Sequence[int], width: Count = 64) -> list:
     """Pre-activation ResNet-18 for 32x32 inputs: 3x3 stem, stages of 2 blocks at widths w, 2w, 4w, 8w."""
     if len(input_shape) != 3:
         raise ConfigError(f"resnet18 needs image inputs [C, H, W], got input_shape {tuple(input_shape)}")

@@ -27,18 +27,19 @@ from torch import nn
 
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
-from clearsight.neurons import MODES, capture, relu_layers, sensitivity_from
+from clearsight.neurons import MODES, Mode, capture, relu_layers, sensitivity_from
 from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 from clearsight.objectives.jacobian import frobenius_estimate
+from clearsight.options import Count, NonNegative
 
 
 @OBJECTIVES.register("activation-sensitivity", needs_double_backprop=True, paper="arXiv 2211.08686",
                      standard_at=({"lam": 0.0, "with_jacobian": 0.0},),
                      description="CE + lam * squared input-gradient norm of a random sum of hidden activations "
                                  "(regularization of neural activation sensitivity, Moshe et al.)")
-def activation_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float = 1.0,
-                           layers: list[str] | None = None, units: int = 8, mode: str = "units",
-                           with_jacobian: float = 0.0, **batch: object) -> LossOutput:
+def activation_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: NonNegative = 1.0,
+                           layers: list[str] | None = None, units: Count = 8, mode: Mode = "units",
+                           with_jacobian: NonNegative = 0.0, **batch: object) -> LossOutput:
     """CE + lam * mean_i ||d s / d x_i||^2 (+ with_jacobian / 2 * ||J||_F^2 estimate); see the module docstring.
 
     Args:

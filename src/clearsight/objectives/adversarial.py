@@ -9,6 +9,8 @@ nothing of the attack reaches the parameters.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
@@ -19,7 +21,8 @@ from clearsight.errors import ConfigError
 
 # the attacks an objective can make inside its step: pgd, fgsm (one step of size eps from x) and the iterative
 # least-likely-class attack (pgd towards the class of lowest clean logit)
-ATTACKS_IN_STEP = ("pgd", "fgsm", "least-likely")
+AttackInStep = Literal["pgd", "fgsm", "least-likely"]
+ATTACKS_IN_STEP: tuple[str, ...] = get_args(AttackInStep)
 
 
 def budget(eps: float | None, objective: str) -> float:

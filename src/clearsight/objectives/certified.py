@@ -13,19 +13,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from clearsight.bounds import gradient_bounds, input_box, interval_forward, margin_bounds
-from clearsight.bounds.gradient import OF
+from clearsight.bounds.gradient import OF, Of
 from clearsight.errors import ConfigError
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 from clearsight.objectives.schedule import check_schedule, schedule_factor
+from clearsight.options import Fraction, NonNegative
 
 
 @OBJECTIVES.register("certified-explanation", needs_double_backprop=False, paper="arXiv 2212.08507",
                      standard_at=({"alpha": 0.0}, {"eps": 0.0, "gamma": 0.0}),
                      description="CE + alpha * mean width of sound interval bounds on the input gradient "
                                  "(robust explanation constraints, Wicker et al.)")
-def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float = 0.5,
-                          eps: float = 0.1, gamma: float = 0.0, of: str = "logit", ramp: float = 0.5,
-                          warmup: float = 0.0, **batch: object) -> LossOutput:
+def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: Fraction = 0.5,
+                          eps: NonNegative = 0.1, gamma: NonNegative = 0.0, of: Of = "logit",
+                          ramp: Fraction = 0.5, warmup: Fraction = 0.0, **batch: object) -> LossOutput:
     """CE(f(x), y) + alpha * mean width of the interval bound on the input gradient (Wicker et al., arXiv 2212.08507).
 
     The width upper - lower of `clearsight.bounds.gradient_bounds` over the box of radius eps_t around x (and
@@ -65,8 +66,9 @@ def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                      standard_at=({"kappa_end": 1.0},),
                      description="kappa * CE(clean) + (1 - kappa) * CE(worst-case logits from interval bounds) "
                                  "(certified-prediction baseline, Gowal et al.)")
-def ibp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.1, kappa_end: float = 0.5,
-        gamma: float = 0.0, ramp: float = 0.5, warmup: float = 0.0, elide: bool = True,
+def ibp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: NonNegative = 0.1,
+        kappa_end: Fraction = 0.5, gamma: NonNegative = 0.0, ramp: Fraction = 0.5, warmup: Fraction = 0.0,
+        elide: bool = True,
         **batch: object) -> LossOutput:
     """Interval bound propagation training (Gowal et al., arXiv 1810.12715).
 

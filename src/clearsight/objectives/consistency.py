@@ -16,17 +16,22 @@ text was not available; the reconstruction (METHODS.md), with which choices are 
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clearsight.attacks.ball import Norm
 from clearsight.errors import ConfigError
 from clearsight.neurons import capture
-from clearsight.objectives.adversarial import adversarial_examples, attack_options
+from clearsight.objectives.adversarial import AttackInStep, adversarial_examples, attack_options
 from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 from clearsight.objectives.schedule import check_schedule, ramped
+from clearsight.options import Count, Fraction, NonNegative, Positive
 
-DISTANCES = ("l2sq", "cosine")
+Distance = Literal["l2sq", "cosine"]
+DISTANCES: tuple[str, ...] = get_args(Distance)
 
 
 def feature_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
@@ -39,10 +44,11 @@ def feature_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.T
                      standard_at=({"alpha": 0.0, "lam": 0.0},),
                      description="CE(x) + alpha * CE(x_adv) + lam * distance of the representations of x and "
                                  "x_adv at a layer (adversarial training with a consistent loss, Dong et al.)")
-def consistency_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0, lam: float = 1.0,
-                   layer: str = "penultimate", distance: str = "l2sq", attack: str = "pgd",
-                   eps: float | None = None, norm: str = "linf", steps: int = 10, step_size: float | None = None,
-                   ramp: float = 0.25, warmup: float = 0.0, **batch: object) -> LossOutput:
+def consistency_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: NonNegative = 1.0,
+                   lam: NonNegative = 1.0, layer: str = "penultimate", distance: Distance = "l2sq",
+                   attack: AttackInStep = "pgd", eps: NonNegative | None = None, norm: Norm = "linf",
+                   steps: Count = 10, step_size: Positive | None = None, ramp: Fraction = 0.25,
+                   warmup: Fraction = 0.0, **batch: object) -> LossOutput:
     """CE(f(x), y) + alpha * CE(f(x_adv), y) + lam * mean_i d(phi(x_i), phi(x_adv_i)); see the module docstring.
 
     Args:

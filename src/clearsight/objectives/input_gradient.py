@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,8 +12,10 @@ from torch import nn
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError, DataError
 from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
+from clearsight.options import NonNegative
 
-GRADIENT_OF = ("ce", "log_probs")
+GradientOf = Literal["ce", "log_probs"]
+GRADIENT_OF: tuple[str, ...] = get_args(GradientOf)
 
 
 @OBJECTIVES.register("input-gradient", needs_double_backprop=True, paper="arXiv 1711.09404",
@@ -19,8 +23,8 @@ GRADIENT_OF = ("ce", "log_probs")
                      description="CE + lambda * mean squared l2 norm of the input gradient of the per-sample loss "
                                  "(double backprop); optionally only inside a per-sample mask (right for the "
                                  "right reasons)")
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float = 1.0,
-                   explanation_mask: str | None = None, gradient_of: str | None = None,
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: NonNegative = 1.0,
+                   explanation_mask: str | None = None, gradient_of: GradientOf | None = None,
                    **batch: object) -> LossOutput:
     """CE + lam * mean_i ||m_i * d L_i / d x_i||_2^2 (Drucker & LeCun 1992; Ross & Doshi-Velez, arXiv 1711.09404).
 

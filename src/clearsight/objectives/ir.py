@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,16 +11,19 @@ from torch import nn
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError, DataError
 from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
+from clearsight.options import NonNegative
 
-MAGNITUDES = ("batch_frobenius", "mean_l2")
+Magnitude = Literal["batch_frobenius", "mean_l2"]
+MAGNITUDES: tuple[str, ...] = get_args(Magnitude)
 
 
 @OBJECTIVES.register("ir", needs_double_backprop=True, paper="arXiv 1912.03430",
                      standard_at=({"lambda_cs": 0.0, "lambda_gm": 0.0},), extras={"target_map": "targets"},
                      description="CE + lambda_cs * (1 - cos(input gradient, target map)) + lambda_gm * "
                                  "gradient magnitude (Interpretation Regularization, Noack et al.)")
-def ir(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lambda_cs: float = 3.0, lambda_gm: float = 0.15,
-       magnitude: str = "batch_frobenius", absolute: bool = False, targets: str | None = None,
+def ir(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lambda_cs: NonNegative = 3.0,
+       lambda_gm: NonNegative = 0.15, magnitude: Magnitude = "batch_frobenius", absolute: bool = False,
+       targets: str | None = None,
        **batch: object) -> LossOutput:
     """CE + lambda_cs * (1 - mean_i cos(g_i, r_i)) + lambda_gm * ||g|| (Noack et al., arXiv 1912.03430).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,16 +11,18 @@ from torch import nn
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
+from clearsight.options import Count, NonNegative
 
-PROJECTIONS = ("random", "orthonormal")
+Projections = Literal["random", "orthonormal"]
+PROJECTIONS: tuple[str, ...] = get_args(Projections)
 
 
 @OBJECTIVES.register("jacobian", needs_double_backprop=True, paper="arXiv 1908.02729",
                      standard_at=({"lam": 0.0},),
                      description="CE + lambda/2 * random-projection estimate of the squared Frobenius norm of the "
                                  "input-logit Jacobian (Hoffman et al.)")
-def jacobian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float = 0.01, n_proj: int = 1,
-             projections: str = "random", **batch: object) -> LossOutput:
+def jacobian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: NonNegative = 0.01, n_proj: Count = 1,
+             projections: Projections = "random", **batch: object) -> LossOutput:
     """CE + lam/2 * C / n_proj * sum_p ||v_p^T J(x)||^2 / B (Hoffman et al., arXiv 1908.02729).
 
     J(x) [B, C, D] is the Jacobian of the logits with respect to the input; each v_p^T J is one vector-Jacobian

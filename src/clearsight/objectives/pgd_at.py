@@ -6,19 +6,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clearsight.attacks.ball import Norm
 from clearsight.errors import ConfigError
 from clearsight.objectives.adversarial import adversarial_examples, attack_options
 from clearsight.objectives.base import OBJECTIVES, LossOutput, cross_entropy_only
 from clearsight.objectives.schedule import check_schedule, ramped
+from clearsight.options import Count, Fraction, NonNegative, Positive
 
 
 @OBJECTIVES.register("pgd-at", needs_double_backprop=False, paper="arXiv 1706.06083", budgets=("eps",),
                      standard_at=({"eps": 0.0}, {"mix": 0.0}),
                      description="cross-entropy on PGD adversarial examples (Madry et al.), optionally mixed with "
                                  "clean cross-entropy")
-def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None = None, norm: str = "linf",
-           steps: int = 40, step_size: float | None = None, mix: float = 1.0, ramp: float = 0.25,
-           warmup: float = 0.0, **batch: object) -> LossOutput:
+def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: NonNegative | None = None,
+           norm: Norm = "linf", steps: Count = 40, step_size: Positive | None = None, mix: Fraction = 1.0,
+           ramp: Fraction = 0.25, warmup: Fraction = 0.0, **batch: object) -> LossOutput:
     """mix * CE(f(x_adv), y) + (1 - mix) * CE(f(x), y), x_adv = PGD on CE (Madry et al., arXiv 1706.06083).
 
     x_adv is the last iterate of `clearsight.attacks.pgd` from a uniform random start in the eps ball ∩ [0, 1],

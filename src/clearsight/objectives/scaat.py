@@ -18,10 +18,13 @@ available; the reconstruction (METHODS.md) and which parts are ours:
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clearsight.attacks.ball import Norm
 from clearsight.attributions import gradient, smoothgrad
 from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
@@ -29,8 +32,10 @@ from clearsight.modes import eval_mode
 from clearsight.objectives.adversarial import adversarial_examples, attack_options
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 from clearsight.objectives.schedule import ramped
+from clearsight.options import Count, Fraction, NonNegative, Positive
 
-SALIENCY = ("gradient", "smoothgrad")
+Saliency = Literal["gradient", "smoothgrad"]
+SALIENCY: tuple[str, ...] = get_args(Saliency)
 
 
 def saliency_mask(saliency: torch.Tensor, keep_mass: float) -> torch.Tensor:
@@ -57,10 +62,11 @@ def saliency_mask(saliency: torch.Tensor, keep_mass: float) -> torch.Tensor:
                      standard_at=({"eps": 0.0}, {"beta": 0.0}),
                      description="CE + beta * KL to adversarial examples made only outside each sample's "
                                  "saliency mask (saliency-constrained adaptive adversarial training, Xu et al.)")
-def scaat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 1.0, eps: float | None = None,
-          norm: str = "linf", steps: int = 10, step_size: float | None = None, keep_mass: float = 0.8,
-          warmup_epochs: float = 1.0, saliency: str = "gradient", saliency_n: int = 10,
-          saliency_sigma: float = 0.15, attack_loss: str = "ce", **batch: object) -> LossOutput:
+def scaat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: NonNegative = 1.0,
+          eps: NonNegative | None = None, norm: Norm = "linf", steps: Count = 10, step_size: Positive | None = None,
+          keep_mass: Fraction = 0.8, warmup_epochs: NonNegative = 1.0, saliency: Saliency = "gradient",
+          saliency_n: Count = 10, saliency_sigma: NonNegative = 0.15, attack_loss: Literal["ce", "kl"] = "ce",
+          **batch: object) -> LossOutput:
     """CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv)), x_adv attacked outside the saliency mask.
 
     See the module docstring for the algorithm and which choices are the paper's. Cost per step: one saliency

@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from clearsight.objectives.base import OBJECTIVES, LossOutput
+from clearsight.options import Fraction
 
 
 @OBJECTIVES.register("standard", needs_double_backprop=False, paper=None, standard_at=(),
                      description="cross-entropy on clean inputs")
-def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, label_smoothing: float = 0.0,
+def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, label_smoothing: Fraction = 0.0,
              **batch: object) -> LossOutput:
     """Mean cross-entropy CE(f(x), y) over the batch x [B, ...], y [B]."""
     logits = model(x)

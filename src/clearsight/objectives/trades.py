@@ -6,18 +6,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clearsight.attacks.ball import Norm
 from clearsight.objectives.adversarial import adversarial_examples, attack_options
 from clearsight.objectives.base import OBJECTIVES, LossOutput
 from clearsight.objectives.schedule import check_schedule, ramped
+from clearsight.options import Count, Fraction, NonNegative, Positive
 
 
 @OBJECTIVES.register("trades", needs_double_backprop=False, paper="arXiv 1901.08573", budgets=("eps",),
                      standard_at=({"eps": 0.0}, {"beta": 0.0}),
                      description="CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv)), x_adv maximizing the "
                                  "KL (Zhang et al.)")
-def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: float = 6.0, eps: float | None = None,
-           norm: str = "linf", steps: int = 10, step_size: float | None = None, start_sigma: float = 0.001,
-           ramp: float = 0.25, warmup: float = 0.0, **batch: object) -> LossOutput:
+def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, beta: NonNegative = 6.0,
+           eps: NonNegative | None = None, norm: Norm = "linf", steps: Count = 10, step_size: Positive | None = None,
+           start_sigma: NonNegative = 0.001, ramp: Fraction = 0.25, warmup: Fraction = 0.0,
+           **batch: object) -> LossOutput:
     """CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv)) (Zhang et al., arXiv 1901.08573).
 
     The inner maximization is `clearsight.attacks.pgd` with the "kl" loss: it maximizes KL(p || softmax f(x'))
