@@ -465,3 +465,14 @@ def test_evaluation_reports_progress_a_line_per_row(capsys):
     assert capsys.readouterr().err == ""
     with pytest.raises(ConfigError, match="unknown progress mode 'loud'"):
         cs.evaluate(model, ds, suite="clean", progress="loud")
+
+
+def test_a_bare_cuda_device_under_torchrun_is_the_local_rank(monkeypatch):
+    from clearsight.distributed import local_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert local_device(torch.device("cuda")) == torch.device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert local_device(torch.device("cuda", 0)) == torch.device("cuda", 0)  # an explicit index is kept
+    assert local_device(torch.device("cpu")) == torch.device("cpu")

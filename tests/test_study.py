@@ -286,6 +286,32 @@ def test_shards_together_give_the_whole_study(whole, tmp_path):
     assert_same(cell_results(out), whole[1])
 
 
+def test_a_study_under_torchrun_trains_each_cell_on_every_rank_and_writes_once(whole, tmp_path):
+    """`torchrun --nproc_per_node 2 -m clearsight study`: both ranks train each cell (the checkpoints hold two
+    ranks' RNG states), rank 0 alone evaluates, makes target maps and writes; the file's two studies run in one
+    group; a single-process rerun finds every cell complete."""
+    second = tiny(name="second", methods=[{"name": "standard", "objective": "standard"}])
+    (tmp_path / "studies.yaml").write_text(json.dumps({"name": "both", "studies": [TINY, second]}))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "runs"
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "clearsight", "study",
+                             "--preset", str(tmp_path / "studies.yaml"), "--out", str(out), "--progress", "lines"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("report written to") == 2  # rank 0's summary only
+    found = cell_results(out / "tiny")  # complete, every row written once
+    assert sorted(found) == sorted(whole[1]) and sorted(cell_results(out / "second")) == ["standard-seed0"]
+    for folder in [*(out / "tiny" / "cells").iterdir(), *(out / "second" / "cells").iterdir()]:
+        assert len(torch.load(folder / "checkpoint" / "state.pt", weights_only=True)["rng"]) == 2, folder
+    assert len(list((out / "tiny" / "cells" / "teacher-seed0").glob("targets-*.safetensors"))) == 1
+    for key, value in whole[1]["standard-seed0"]["rows"].items():  # data parallel learns what one process does
+        assert abs(found["standard-seed0"]["rows"][key] - value) < 0.1, key
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "tiny" / "cells").rglob("*") if p.is_file()}
+    run_study(TINY, out / "tiny")
+    assert {p: p.stat().st_mtime_ns for p in (out / "tiny" / "cells").rglob("*") if p.is_file()} == stamps
+
+
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -177,11 +178,13 @@ def cmd_study(args: argparse.Namespace) -> int:
         sys.stdout.write(study.preset_text(args.print_preset))
         return 0
     group = study.load(args.preset)
+    lead = os.environ.get("RANK", "0") == "0"  # under torchrun the other ranks only help train
     for spec, out in study.folders(group, args.out):
         report = study.run(spec, out, shard_spec=args.shard, update=args.update, device=args.device or "auto",
-                           progress=args.progress)
-        _print_summary(out)
-        print(f"report written to {report}")
+                           progress=args.progress if lead else "none")
+        if lead:
+            _print_summary(out)
+            print(f"report written to {report}")
     return 0
 
 

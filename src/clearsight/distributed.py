@@ -8,8 +8,11 @@ clearsight's objectives need one or the other. Averaging gradients of identical 
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,16 +30,32 @@ class World:
         return self.rank == 0
 
 
-def join(device: torch.device) -> World:
-    """Join the process group torchrun describes in the environment; a single process is a world of one."""
+def join(device: torch.device, *, timeout: datetime.timedelta | None = None) -> World:
+    """Join the process group torchrun describes in the environment; a single process is a world of one.
+
+    `timeout` bounds how long a collective waits for the other ranks (torch's default: 30 minutes); a study
+    whose rank 0 evaluates while the others wait for the next cell passes a longer one.
+    """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1 or not dist.is_available():
         return World()
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if timeout is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
         owns = True
     return World(dist.get_rank(), dist.get_world_size(), owns)
+
+
+def local_device(device: torch.device) -> torch.device:
+    """A bare "cuda" under torchrun means this process's GPU, cuda:LOCAL_RANK (else every rank would share
+    cuda:0); any other device as given."""
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
 
 
 def leave(world: World) -> None:
@@ -73,6 +92,22 @@ def gather(obj: object, world: World) -> list[object]:
     out: list[object] = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast(obj: Any, world: World) -> Any:
+    """Rank 0's `obj` (plain JSON data) on every rank; the others pass anything, e.g. None. Sent as JSON text in a
+    byte tensor, not pickled (torch's broadcast_object_list unpickles what it receives)."""
+    if world.size <= 1:
+        return obj
+    # nccl moves only CUDA tensors
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    data = json.dumps(obj).encode() if world.is_main else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if world.is_main else
+              torch.empty(int(size), dtype=torch.uint8, device=device))
+    dist.broadcast(buffer, src=0)
+    return obj if world.is_main else json.loads(buffer.cpu().numpy().tobytes().decode())
 
 
 def barrier(world: World) -> None:

@@ -64,7 +64,7 @@ def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: 
     cfg = train_config(options)
     train = as_array_dataset(train_ds)
     objective = with_budgets(build_objective(objective) if isinstance(objective, str) else objective, train.name)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     world = distributed.join(device)
     try:
         return _fit(model, objective, train, val_ds, cfg, device, world,

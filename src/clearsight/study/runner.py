@@ -11,14 +11,16 @@ run), an evaluation recomputes its rows with the same seeds (same values).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import datetime
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from clearsight import io
+from clearsight import distributed, io
 from clearsight.errors import CheckpointError, ClearsightError, ConfigError
 from clearsight.study.plan import Cell, Group, Study, cells, digest, parse_file, shard
 from clearsight.study.store import Busy, locked, read_state, set_aside, write_state
@@ -39,9 +41,29 @@ def run(study: Study, out: str | Path, *, shard_spec: str | None = None, update:
         progress: "auto" (a bar on a terminal, plain lines otherwise), "bar", "lines" or "none".
     """
     from clearsight.modes import resolve_device
-    from clearsight.progress import reporter
 
     out = Path(out)
+    world = distributed.join(resolve_device(device), timeout=STUDY_TIMEOUT)
+    if world.owns_group:
+        # kept for the process's next study (a file of several): a group torn down and set up again under
+        # torchrun waits forever for its store
+        atexit.register(distributed.leave, world)
+    if not world.is_main:
+        _follow(world)
+        return out / "report.html"
+    try:
+        return _lead(study, out, shard_spec=shard_spec, update=update, device=device, progress=progress,
+                     world=world)
+    finally:
+        distributed.broadcast(None, world)  # the other ranks stop following (after an error too)
+
+
+def _lead(study: Study, out: Path, *, shard_spec: str | None, update: bool, device: str, progress: str,
+          world: distributed.World) -> Path:
+    """The study's work, on a single process or on rank 0 of a torchrun group (which the others help train)."""
+    from clearsight.modes import resolve_device
+    from clearsight.progress import reporter
+
     report = reporter(progress)
     mine = shard(cells(study), shard_spec)
     _preflight(study)
@@ -51,7 +73,7 @@ def run(study: Study, out: str | Path, *, shard_spec: str | None = None, update:
     bar = report.bar(sum(units.values()), f"study {study.name}")
     say = _sayer(bar, report.lines)
     began = time.perf_counter()
-    worker = _Worker(study, out, dev, bar, say)
+    worker = _Worker(study, out, dev, bar, say, world)
     worker.mine = {c.name for c in mine}
     left: list[Cell] = []
     for number, cell in enumerate(mine, 1):
@@ -151,8 +173,9 @@ def _render(out: Path) -> Path:
 class _Worker:
     """Works cells of one study through their stages; counts progress units as it goes."""
 
-    def __init__(self, study: Study, out: Path, device: str, bar: Any, say: Callable[[str], None]) -> None:
-        self.study, self.out, self.device, self.bar, self.say = study, out, device, bar, say
+    def __init__(self, study: Study, out: Path, device: str, bar: Any, say: Callable[[str], None],
+                 world: distributed.World) -> None:
+        self.study, self.out, self.device, self.bar, self.say, self.world = study, out, device, bar, say, world
         self.counted: dict[str, int] = {}
         self.mine: set[str] = set()  # the cells of this worker's shard (others' progress is not on its bar)
         self._opened: dict[str, tuple[Any, Any]] = {}  # cell -> (run, test split), until the cell trains again
@@ -204,8 +227,6 @@ class _Worker:
     def _train(self, cell: Cell, state: dict[str, Any], tag: str) -> None:
         if state["stages"].get("train"):
             return
-        from clearsight.runs import train_run
-
         cfg = self.study.run_config(cell.method, cell.seed)
         if cell.teacher is not None:
             targets = self._targets(cell)
@@ -227,7 +248,7 @@ class _Worker:
         self._opened.pop(cell.name, None)
 
         history_before = len(io.read_jsonl(folder / "log.jsonl"))
-        train_run(cfg, folder, resume=(folder / "config.yaml").exists(), on_epoch=epoch_done, progress="none")
+        _train_together(cfg, folder, resume=(folder / "config.yaml").exists(), on_epoch=epoch_done, world=self.world)
         log = io.read_jsonl(folder / "log.jsonl")
         last = log[-1] if log else {}
         state["stages"]["train"] = {"epochs": len(log), "seconds": round(sum(r.get("seconds", 0) for r in log), 3)}
@@ -351,6 +372,33 @@ class _Worker:
             self.say(f"{tag} {cell.name}: saliency examples in {time.perf_counter() - began:.0f} s")
         state["stages"]["examples"] = want
         write_state(self.folder(cell), state)
+
+
+# ---- torchrun: rank 0 runs the study, every rank trains ----------------------------------------------------------
+#
+# Under `torchrun --nproc_per_node N -m clearsight study ...` rank 0 alone does what touches the study directory
+# (locks, cell.json, target maps, evaluation, examples, the report); before each training it sends the run's config
+# to the other ranks, and all of them train it data-parallel (`fit` averages gradients; rank 0 writes). Between
+# trainings the others wait for the next config, so the group's timeout is long enough for an evaluation.
+
+STUDY_TIMEOUT = datetime.timedelta(days=7)
+
+
+def _train_together(cfg: Any, folder: Path, *, resume: bool, on_epoch: Callable[[dict[str, Any]], None],
+                    world: distributed.World) -> None:
+    from clearsight.runs import train_run
+
+    distributed.broadcast({"config": cfg.to_dict(), "folder": str(folder), "resume": resume}, world)
+    train_run(cfg, folder, resume=resume, on_epoch=on_epoch, progress="none")
+
+
+def _follow(world: distributed.World) -> None:
+    """A rank other than 0: train each run rank 0 sends, until it sends None."""
+    from clearsight.config import resolve
+    from clearsight.runs import train_run
+
+    while (job := distributed.broadcast(None, world)) is not None:
+        train_run(resolve(job["config"]), Path(job["folder"]), resume=job["resume"], progress="none")
 
 
 def _keys(suites: Sequence[Any]) -> list[str]:
