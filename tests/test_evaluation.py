@@ -57,6 +57,7 @@ def test_rows_do_not_depend_on_batch_size_or_max_batch():
             assert row["value"] == pytest.approx(ref["value"], rel=1e-5, abs=1e-6), (row["key"], batch_size)
             assert row["n"] == ref["n"]
     assert reference["max_sensitivity/attribution=gradient/n=3/samples=25"]["n"] == 25
+    assert all(r["seed"] == 0 and r["batch_size"] == 40 for r in reference.values())  # provenance on every row
 
 
 def test_each_attribution_map_is_computed_once_per_batch_and_shared(monkeypatch):

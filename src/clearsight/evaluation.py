@@ -118,7 +118,8 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
                         plan.run(model, batch, i)
                         bar.update(1)
             report.line({"batch": f"{number}/{len(starts)}", "seconds": time.perf_counter() - began})
-        where = {"dataset": data.name, "split": data.split, "suite": spec.name}
+        # how the rows were made, for provenance (values do not depend on batch_size; they do on the seed)
+        where = {"dataset": data.name, "split": data.split, "suite": spec.name, "seed": seed, "batch_size": batch_size}
         rows = [plan.result(where, len(data)) for plan in plans]
         for row, plan in zip(rows, plans, strict=True):
             report.line({"row": row["key"], "value": row["value"], "seconds": plan.seconds})

@@ -11,6 +11,8 @@ A row (one JSON object per line of results.jsonl):
     n                 number of samples with a defined value
     higher_is_better  the metric's direction (registry metadata)
     dataset, split, suite
+    seed, batch_size  the evaluation's seed (attack starts, noise) and batch size (provenance: values do not depend
+                      on it); absent from rows written before 0.2
     samples           the row's sample limit (only when the suite set one: the first `samples` samples)
     curve             {name: mean curve} for metrics that have curves (deletion, insertion, pixel flipping)
     warnings          texts for the reader (hygiene findings, undefined samples)
@@ -31,8 +33,8 @@ import torch
 from clearsight import io
 from clearsight.specs import plain, spec, value_text
 
-ROW_FIELDS = ("key", "metric", "options", "value", "n", "higher_is_better", "dataset", "split", "suite", "samples",
-              "curve", "warnings")
+ROW_FIELDS = ("key", "metric", "options", "value", "n", "higher_is_better", "dataset", "split", "suite", "seed",
+              "batch_size", "samples", "curve", "warnings")
 
 
 def row_key(metric: str, options: Mapping[str, Any], *, samples: int | None = None) -> str:

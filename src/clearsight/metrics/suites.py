@@ -20,8 +20,8 @@ classes, input shape and per-sample extras decide the rows.
                gradient and smoothgrad maps scored for faithfulness (deletion, insertion), sparsity (gini),
                stability (max-sensitivity) and, for images, localisation (relevance mass and the pointing game on
                the strokes, decoy mass on a `mask` extra), target cosine on a `target_map` extra; hygiene checks
-               without the steps-and-restarts comparison. About a minute for small-cnn on mnist-mini's 2,000
-               test images on 2 CPU cores (BENCHMARKS.md).
+               without the steps-and-restarts comparison. 1 to 3 minutes for the full-size small-cnn on
+               mnist-mini's 2,000 test images on 2 CPU cores, depending on the machine's load.
     full       accuracy; pgd-40 at every budget of every norm and the worst case of pgd-40 and apgd-100 (dlr loss, ce
                for fewer than 3 classes), computed from the pgd-40 rows' samples; gradient, smoothgrad and
                integrated-gradients maps scored by every map metric; explanation-attack robustness, model
