@@ -168,6 +168,22 @@ def credit_run(tmp_path_factory) -> Path:
     return out
 
 
+def test_evaluate_full_suite_writes_every_row_of_the_suite(credit_run, tmp_path, capsys):
+    """`--suite full` from the command line (german-credit keeps it under a minute): one row per suite row, each
+    a number, appended to --out."""
+    from clearsight.evaluation import suite_for
+    from clearsight.runs import load_data, open_run
+
+    out = tmp_path / "full.jsonl"
+    assert main(["evaluate", str(credit_run), "--suite", "full", "--out", str(out)]) == 0
+    rows = io.read_jsonl(out)
+    suite = suite_for("full", load_data(open_run(credit_run).config, "test"))
+    assert [r["key"] for r in rows if r["metric"] != "hygiene"] == [r.key for r in suite.rows]
+    assert all(isinstance(r["value"], float) and r["suite"] == "full" for r in rows)
+    assert {"deletion_auc", "max_sensitivity", "randomisation", "neuron_consistency"} <= {r["metric"] for r in rows}
+    capsys.readouterr()
+
+
 def test_certified_explanation_on_german_credit_needs_no_data_root(tmp_path):
     """Issue 11's acceptance command, in a process that has no data folder and no data environment variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARSIGHT")}
