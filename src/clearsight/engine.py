@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from clearsight import __version__, distributed, io
+from clearsight.checks import check_dtype, check_logits
 from clearsight.config import TrainConfig, migrate_train, train_config
 from clearsight.data.base import ArrayDataset, as_array_dataset
 from clearsight.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -276,8 +277,10 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device:
             ) -> torch.Tensor:
     """Logits [N, C] of `model` on inputs x [N, ...] in eval mode, batch by batch (mode restored after)."""
     device = resolve_device(device)
+    check_dtype(model, x)
     with eval_mode(model):
-        return torch.cat([model(x[i : i + batch_size].to(device)) for i in range(0, x.shape[0], batch_size)])
+        return torch.cat([check_logits(model(x[i : i + batch_size].to(device)))
+                          for i in range(0, x.shape[0], batch_size)])
 
 
 # ---- run directory -------------------------------------------------------------------------------------------
