@@ -6,8 +6,10 @@ Caught here rather than deep inside a loop, with a message that names the argume
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from torch import nn
 
 from clearsight.errors import ConfigError, DataError
 
@@ -55,6 +57,40 @@ def check_labels(y: torch.Tensor, *, num_classes: int | None = None, batch: int 
         if lo < 0 or hi >= num_classes:
             raise DataError(f"{name} holds labels in [{lo}, {hi}] but there are {num_classes} classes "
                             f"(valid labels 0..{num_classes - 1})")
+
+
+def check_dtype(model: nn.Module, x: torch.Tensor, *, name: str = "the inputs x") -> None:
+    """Require `x` to have the floating dtype of the model's parameters. Inputs are not converted: float64 inputs
+    of a float64 model (finite-difference checks) stay exact, and a mismatch (float64 data, a float32 model) fails
+    here with the fix instead of inside the first layer."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and isinstance(x, torch.Tensor) and x.dtype != dtype:
+        raise DataError(f"{name} have dtype {x.dtype} but the model's parameters have {dtype}: convert the "
+                        f"model (model.to({x.dtype})) or the inputs (x.to({dtype}))")
+
+
+def check_logits(out: Any, *, what: str = "the model") -> torch.Tensor:
+    """`out` if it is a logits tensor [B, C]. A model returning a tuple or a dict (features and logits, say) is
+    refused with the fix: its forward must return the logits alone."""
+    if not isinstance(out, torch.Tensor):
+        raise DataError(f"{what} must return a logits tensor [B, C]; it returned a {type(out).__name__}. Make its "
+                        "forward return the logits only (wrap it in a module that picks them out)")
+    if out.dim() != 2:
+        raise DataError(f"{what} must return logits [B, C]; it returned shape {tuple(out.shape)}")
+    return out
+
+
+def check_finite_logits(logits: torch.Tensor, *, first: int = 0) -> None:
+    """Refuse to score a model whose logits are NaN or infinite: argmax would call every such sample class 0, and
+    every row built on it (accuracy, attacks, maps) would be a number that means nothing. `first` is the index of
+    the batch's first sample in its dataset (for the message)."""
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        where = first + int(bad.nonzero()[0])
+        raise DataError(f"the model's logits are NaN or infinite on {int(bad.sum())} of {logits.shape[0]} inputs "
+                        f"(the first: sample {where}); its weights are broken (NaN or overflowing) or the inputs "
+                        "drive it out of range. Nothing was scored; check the weights (retrain, or resume from an "
+                        "earlier checkpoint)")
 
 
 def check_radius(value: float | torch.Tensor, name: str) -> float | torch.Tensor:

@@ -139,7 +139,8 @@ def _suite_arg(value: str) -> str | dict[str, Any]:
     path = Path(value)
     if not path.is_file():
         raise ConfigError(f"--suite {value!r} is neither a suite ({', '.join(SUITE_NAMES)}) nor a YAML file")
-    return io.read_yaml(path)
+    return io.read_yaml(path, what="suite file", error=ConfigError,
+                        fix="Give a YAML mapping of rows (see clearsight.metrics.suites) saved as UTF-8")
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
@@ -216,7 +217,8 @@ def _results_target(out: Path | None, run_dir: Path) -> Path:
     if not target.parent.is_dir():
         raise ConfigError(f"cannot write {target}: the folder {target.parent} does not exist")
     if target.exists():
-        io.read_jsonl(target)  # an existing file must hold rows we can append to
+        # an existing file must hold rows we can append to
+        io.read_jsonl(target, what="results file", fix="Move it away or give another file with --out")
     return target
 
 

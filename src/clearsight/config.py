@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from clearsight.errors import ConfigError
+from clearsight.io import read_text
 from clearsight.options import (
     Count,
     Fraction,
@@ -202,11 +203,11 @@ SECTIONS = ("data", "model", "objective", "train")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
+    """A config file's sections (an empty file: none)."""
+    text = read_text(path, what="config file", error=ConfigError, fix="Save it as UTF-8 text")
     try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err}") from err
-    except yaml.YAMLError as err:
+        doc = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError) as err:  # PyYAML raises ValueError for a date that does not exist
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(doc, dict):
         raise ConfigError(f"config file {path} must hold a mapping with sections {', '.join(SECTIONS)}")

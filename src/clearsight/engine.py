@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from clearsight import __version__, distributed, io
+from clearsight.checks import check_dtype, check_logits
 from clearsight.config import TrainConfig, migrate_train, train_config
 from clearsight.data.base import ArrayDataset, as_array_dataset
 from clearsight.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -35,6 +36,12 @@ from clearsight.objectives import build as build_objective
 from clearsight.progress import Reporter, reporter
 
 CHECKPOINT = Path("checkpoint") / "state.pt"
+# train options that do not change what a run computes (where it runs, how it reports progress): a resume may
+# change them, and a study leaves them out of its cells' settings hash
+NEUTRAL_TRAIN = ("device", "progress")
+# what to do about a run's config.yaml that is missing, damaged or edited
+RUN_CONFIG_FIX = ("config.yaml records how the run was trained: put the run's original config.yaml back, or train "
+                  "again into another folder")
 
 
 def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: Dataset, *,
@@ -130,7 +137,7 @@ def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDat
     torch.manual_seed(cfg.seed + world.rank)
     optimizer = _optimizer(model, cfg)
     made = out is not None and not out.exists()
-    state = _start(out, doc, resume, world, model, optimizer, device, cfg.keep)
+    state = _start(out, doc, resume, world, model, optimizer, device, cfg)
     distributed.broadcast_state(model, world)
     batches = Batches(train, DistributedSampler(train, num_replicas=world.size, rank=world.rank, shuffle=True,
                                                 seed=cfg.seed), cfg.batch_size // world.size, device)
@@ -299,38 +306,53 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device:
             ) -> torch.Tensor:
     """Logits [N, C] of `model` on inputs x [N, ...] in eval mode, batch by batch (mode restored after)."""
     device = resolve_device(device)
+    check_dtype(model, x)
     with eval_mode(model):
-        return torch.cat([model(x[i : i + batch_size].to(device)) for i in range(0, x.shape[0], batch_size)])
+        return torch.cat([check_logits(model(x[i : i + batch_size].to(device)))
+                          for i in range(0, x.shape[0], batch_size)])
 
 
 # ---- run directory -------------------------------------------------------------------------------------------
 
 def _start(out: Path | None, doc: dict[str, Any], resume: bool, world: distributed.World, model: nn.Module,
-           optimizer: torch.optim.Optimizer, device: torch.device, keep: str) -> RunState:
-    """A fresh RunState, or (resume) the one the checkpoint in `out` holds, with model and optimizer restored."""
+           optimizer: torch.optim.Optimizer, device: torch.device, cfg: TrainConfig) -> RunState:
+    """A fresh RunState, or (resume) the one the checkpoint in `out` holds, with model and optimizer restored.
+
+    Once the run is accepted, the main process tidies its directory: temporary files a killed write left are
+    removed, and log.jsonl is rewritten from the checkpoint's history when it differs (damaged, truncated, or
+    one epoch ahead of a checkpoint a kill kept from being written)."""
     if out is None:
         return RunState()
     saved = _open_run(out, doc, resume, world)
-    if saved is None:
-        return RunState()
-    state = _restore(saved, model, optimizer, world, device)
-    if keep == "best" and (out / "model.safetensors").exists():
-        state.best_weights = io.load_weights(out / "model.safetensors", device)
+    state = RunState()
+    if saved is not None:
+        state = _restore(_checked_state(saved, out / CHECKPOINT, epochs=cfg.epochs), model, optimizer, world, device,
+                         out / CHECKPOINT)
+        if cfg.keep == "best" and (out / "model.safetensors").exists():
+            state.best_weights = io.load_weights(out / "model.safetensors", device)
+    if world.is_main:
+        for folder in (out, out / CHECKPOINT.parent):
+            io.remove_stale_tmp(folder)
+        if saved is not None:
+            _rewrite_log(out / "log.jsonl", state.history)
     return state
 
 
-def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.World) -> dict[str, Any] | None:
-    """Start a fresh run in `out` (refusing to touch an existing one) or return the checkpoint to resume."""
+def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.World) -> Any:
+    """Start a fresh run in `out` (refusing to touch an existing one) or return what its checkpoint holds."""
     config_path, state_path = out / "config.yaml", out / CHECKPOINT
     exists = config_path.exists() or state_path.exists()
     if exists and not resume:
         raise CheckpointError(f"{out} already holds a run; pass resume=True (CLI: --resume) to continue it, or "
                               "choose another output directory. Nothing was changed.")
     if exists:
-        saved = io.read_yaml(config_path) if config_path.exists() else {}
+        if not config_path.exists():
+            raise CheckpointError(f"cannot resume {out}: it has a checkpoint but no config.yaml. {RUN_CONFIG_FIX}. "
+                                  "Nothing was changed.")
+        saved = io.read_yaml(config_path, what="run config", fix=RUN_CONFIG_FIX)
         if isinstance(saved.get("train"), dict):  # a run written before a train option was renamed
             saved["train"] = migrate_train(saved["train"], where=str(config_path))
-        differences = _differences({k: v for k, v in saved.items() if k != "versions"}, io.plain(doc))
+        differences = _differences(_compared(saved), _compared(io.plain(doc)))
         if differences:
             raise CheckpointError(f"cannot resume {out}: its config differs from this one in "
                                   f"{', '.join(differences)}. Resume with the same config or start a new run.")
@@ -341,29 +363,100 @@ def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.W
     return io.load_state(state_path) if state_path.exists() else None
 
 
+def _compared(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a run config must be equal to resume: everything but the versions and the NEUTRAL_TRAIN options."""
+    out = {k: v for k, v in doc.items() if k != "versions"}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k not in NEUTRAL_TRAIN}
+    return out
+
+
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [f"{prefix[:-1]} ({a!r} -> {b!r})"]
 
 
+def _checked_state(saved: Any, path: Path, *, epochs: int) -> dict[str, Any]:
+    """`saved` if it has the structure `_save_epoch` writes, for a run of `epochs` epochs; else CheckpointError
+    saying what is wrong. A valid pickle of anything else (a foreign or edited file) is refused before any of it
+    is restored."""
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is not usable: {why}. It is damaged or was not written by "
+                               "clearsight; delete the run's checkpoint folder to start over")
+
+    if not isinstance(saved, dict):
+        raise bad(f"it holds a {type(saved).__name__}, not the mapping clearsight writes")
+    missing = [k for k in ("model", "optimizer", "rng", "epoch", "history", "best") if k not in saved]
+    if missing:
+        raise bad(f"it has no {', '.join(missing)}")
+    epoch = saved["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise bad(f"its epoch {epoch!r} is not a whole number of epochs in 0..{epochs}")
+    history = saved["history"]
+    if not isinstance(history, list) or [r.get("epoch") if isinstance(r, dict) else None for r in history] != list(
+            range(1, epoch + 1)):
+        raise bad(f"its history is not one row per epoch 1..{epoch}")
+    model = saved["model"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise bad("its model is not a mapping of tensors")
+    optimizer = saved["optimizer"]
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) or not isinstance(
+            optimizer.get("param_groups"), list):
+        raise bad("its optimizer is not an optimizer state (state and param_groups)")
+    rng = saved["rng"]
+    if not isinstance(rng, list) or not all(isinstance(r, dict) and isinstance(r.get("cpu"), torch.Tensor)
+                                            for r in rng):
+        raise bad("its rng is not a list of random-generator states")
+    best = saved["best"]
+    if isinstance(best, bool) or not isinstance(best, (int, float)):
+        raise bad(f"its best validation accuracy {best!r} is not a number")
+    return saved
+
+
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-             world: distributed.World, device: torch.device) -> RunState:
+             world: distributed.World, device: torch.device, path: Path) -> RunState:
     try:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        _check_optimizer_state(optimizer)
         rng = saved["rng"]
         if len(rng) != world.size:
-            raise CheckpointError(f"the checkpoint was written by {len(rng)} processes, this run has {world.size}; "
-                                  "resume with the same number of processes")
+            raise CheckpointError(f"the checkpoint {path} was written by {len(rng)} processes, this run has "
+                                  f"{world.size}; resume with the same number of processes")
         torch.set_rng_state(rng[world.rank]["cpu"])
         if device.type == "cuda" and rng[world.rank].get("cuda") is not None:
             torch.cuda.set_rng_state(rng[world.rank]["cuda"], device)
-        return RunState(int(saved["epoch"]), list(saved["history"]), float(saved["best"]))
-    except (KeyError, RuntimeError, ValueError) as err:
+        return RunState(saved["epoch"], list(saved["history"]), float(saved["best"]))
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
         if isinstance(err, CheckpointError):
             raise
-        raise CheckpointError(f"the checkpoint does not match this model or optimizer: {err}") from err
+        raise CheckpointError(io.one_line(f"the checkpoint {path} does not match this model or optimizer: "
+                                          f"{str(err).rstrip('.')}. "
+                                          "Resume with the model and optimizer it was trained with, or delete "
+                                          "the run's checkpoint folder to start over")) from err
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    # load_state_dict checks the parameter groups but not the shapes of the state it restores (momentum, Adam's
+    # averages), which would fail at the first step, deep inside it
+    for param, state in optimizer.state.items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise ValueError(f"its optimizer state {name!r} has shape {list(value.shape)} for a parameter of "
+                                 f"shape {list(param.shape)}")
+
+
+def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """Make log.jsonl hold exactly the checkpoint's history (the checkpoint is the record); a log that already
+    does is left untouched."""
+    text = io.jsonl_text(history)
+    try:
+        if path.read_bytes() == text.encode():
+            return
+    except OSError:  # missing or unreadable: written afresh
+        pass
+    io.write_text(path, text)
 
 
 def _save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: RunState,

@@ -1,8 +1,9 @@
-"""Errors raised for user mistakes.
+"""Errors raised for user mistakes and for files that cannot be read or written.
 
-Every error that a user can cause (a wrong name, a missing file, a bad value) derives from `ClearsightError`,
-so the command line can print it without a traceback and exit non-zero. Each message says what was wrong and
-how to fix it. The subclasses also derive from the built-in exception a Python user would expect to catch.
+Every error that a user can cause (a wrong name, a missing or damaged file, a bad value), and a write the system
+refuses (a full disk), derives from `ClearsightError`, so the command line can print it without a traceback and
+exit non-zero. Each message says what was wrong and how to fix it. The subclasses also derive from the built-in
+exception a Python user would expect to catch.
 """
 
 from __future__ import annotations
@@ -33,3 +34,7 @@ class CheckpointError(ClearsightError, RuntimeError):
 
 class TrainingError(ClearsightError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
+
+
+class WriteError(ClearsightError, OSError):
+    """A file that could not be written (a full disk, no permission); the file keeps its previous content."""

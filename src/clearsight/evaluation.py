@@ -37,9 +37,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import Dataset
 
-from clearsight.checks import check_labels
+from clearsight.checks import check_dtype, check_finite_logits, check_labels, check_logits
 from clearsight.data.base import ArrayDataset, as_array_dataset
-from clearsight.errors import ConfigError, DataError
+from clearsight.errors import ConfigError
 from clearsight.metrics.registry import METRICS
 from clearsight.metrics.shared import batch_cache, clean_logits
 from clearsight.metrics.suites import HYGIENE_SAMPLES, Row, Suite
@@ -146,24 +146,12 @@ def suite_for(suite: str | Mapping[str, Any] | Suite, data: ArrayDataset, *,
 
 
 def check_model_output(model: nn.Module, data: ArrayDataset, device: torch.device) -> None:
-    """The model returns logits [B, C] with C covering the dataset's labels (checked on two samples)."""
+    """The model takes the dataset's inputs (its parameters are float32, like them) and returns logits [B, C]
+    with C covering the dataset's labels (checked on two samples)."""
+    check_dtype(model, data.x, name=f"the {data.name or 'dataset'} inputs")
     with eval_mode(model), torch.no_grad():
-        out = model(data.x[:2].to(device))
-    if out.dim() != 2:
-        raise DataError(f"the model must return logits [B, C]; it returned shape {tuple(out.shape)}")
+        out = check_logits(model(data.x[:2].to(device)))
     check_labels(data.y, num_classes=out.shape[1], name=f"{data.name or 'dataset'} labels")
-
-
-def check_finite_logits(logits: torch.Tensor, *, first: int) -> None:
-    """Refuse to score a model whose logits are NaN or infinite: argmax would call every such sample class 0, and
-    every row built on it (accuracy, attacks, maps) would be a number that means nothing."""
-    bad = ~torch.isfinite(logits).all(dim=1)
-    if bool(bad.any()):
-        where = first + int(bad.nonzero()[0])
-        raise DataError(f"the model's logits are NaN or infinite on {int(bad.sum())} of {logits.shape[0]} inputs "
-                        f"(the first: sample {where}); its weights are broken (NaN or overflowing) or the inputs "
-                        "drive it out of range. Nothing was scored; check the weights (retrain, or resume from an "
-                        "earlier checkpoint)")
 
 
 @dataclasses.dataclass

@@ -93,7 +93,8 @@ def _number(value: Any) -> Any:
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a results.jsonl file, each in the current form (`upgrade`)."""
-    return [upgrade(r) for r in io.read_jsonl(Path(path))]
+    return [upgrade(r) for r in io.read_jsonl(Path(path), what="results file",
+                                              fix="Move it away and evaluate the run again")]
 
 
 def _legacy_attacks(text: str) -> list[tuple[str, dict[str, Any]]]:

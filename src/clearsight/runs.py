@@ -15,7 +15,8 @@ from clearsight import data as data_mod
 from clearsight import io, models, targets
 from clearsight.config import SECTIONS, RunConfig, resolve
 from clearsight.data.base import ArrayDataset
-from clearsight.errors import CheckpointError
+from clearsight.engine import CHECKPOINT, RUN_CONFIG_FIX
+from clearsight.errors import CheckpointError, ClearsightError
 from clearsight.objectives import OBJECTIVES
 
 
@@ -29,11 +30,14 @@ def load_data(cfg: RunConfig, split: str) -> ArrayDataset:
     path recorded at training, whatever the working directory, and checked against the recorded sha256 only
     (retraining the teacher later does not matter). A recorded file that is gone or changed is left out with a
     warning naming it and its recorded hash: the run stays evaluable, and the rows that need its extra (ir's
-    `target_cosine`) are not built.
+    `target_cosine`) are not built. Data of another shape or other classes than the run recorded (a config.yaml
+    edited to another dataset) raise CheckpointError.
     """
     opts = dict(cfg.data.options)
     root, download = opts.pop("root", None), opts.pop("download", False)
     data = data_mod.load(cfg.data.name, split, root, download=download, **opts)
+    if isinstance(cfg, TrainedConfig):
+        _check_trained_on(data, cfg)
     recorded = cfg.files if isinstance(cfg, TrainedConfig) else {}
     for extra, option in OBJECTIVES.meta(cfg.objective.name).get("extras", {}).items():
         path = cfg.objective.options.get(option)
@@ -82,9 +86,23 @@ EXTRA_FILES: dict[str, Callable[..., ArrayDataset]] = {targets.EXTRA: targets.re
 @dataclass(frozen=True)
 class TrainedConfig(RunConfig):
     """The config of a trained run (`open_run`) with the input files its config.yaml recorded, {"objective.<option>":
-    {"path", "sha256"}}, so that `load_data` reads those files and checks them against their recorded hashes."""
+    {"path", "sha256"}}, so that `load_data` reads those files and checks them against their recorded hashes, and
+    the shapes it recorded ({"num_classes", "input_shape", "classes"}; `source`: the config.yaml), so that it
+    refuses data the model was not trained on."""
 
     files: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    shapes: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+def _check_trained_on(data: ArrayDataset, cfg: TrainedConfig) -> None:
+    got = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), "classes": data.classes}
+    differ = [k for k, v in cfg.shapes.items() if k in got and got[k] != v]
+    if differ:
+        raise CheckpointError(f"{cfg.source}: its data section ({cfg.data.name!r}) gives "
+                              f"{', '.join(f'{k} {got[k]}' for k in differ)}, but the model was trained on "
+                              f"{', '.join(f'{k} {cfg.shapes[k]}' for k in differ)} (its shapes section): the "
+                              f"config was edited after training. {RUN_CONFIG_FIX}")
 
 
 def _recorded_files(doc: Mapping[str, Any], cfg: RunConfig) -> dict[str, dict[str, str]]:
@@ -139,18 +157,26 @@ class Run:
 
 
 def open_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
-    """Rebuild the model of the run in `path` from config.yaml and load model.safetensors into it."""
+    """Rebuild the model of the run in `path` from config.yaml and load model.safetensors into it.
+
+    Raises CheckpointError naming the file when config.yaml is missing, unreadable or not a valid run config
+    (its sections, its shapes), or model.safetensors is missing or does not fit the model config.yaml describes.
+    """
     path = Path(path)
-    if not (path / "config.yaml").exists():
+    config = path / "config.yaml"
+    if not config.exists():
+        if (path / "model.safetensors").exists() or (path / CHECKPOINT).exists():
+            raise CheckpointError(f"{path} holds a run's files but no config.yaml. {RUN_CONFIG_FIX}")
         raise CheckpointError(f"{path} is not a run directory (no config.yaml); train one with `clearsight train`")
-    doc = io.read_yaml(path / "config.yaml")
-    if "shapes" not in doc:
-        raise CheckpointError(f"{path}/config.yaml has no 'shapes' section; it was not written by clearsight train")
-    resolved = resolve({k: v for k, v in doc.items() if k in SECTIONS})
-    cfg = TrainedConfig(**{f.name: getattr(resolved, f.name) for f in fields(RunConfig)},
-                        files=_recorded_files(doc, resolved))
-    info = doc["shapes"]
-    model = build_model(cfg, num_classes=int(info["num_classes"]), input_shape=tuple(info["input_shape"]))
+    doc = io.read_yaml(config, what="run config", fix=RUN_CONFIG_FIX)
+    info = _recorded_shapes(doc, config)
+    try:
+        resolved = resolve({k: v for k, v in doc.items() if k in SECTIONS})
+        cfg = TrainedConfig(**{f.name: getattr(resolved, f.name) for f in fields(RunConfig)},
+                            files=_recorded_files(doc, resolved), shapes=info, source=str(config))
+        model = build_model(cfg, num_classes=info["num_classes"], input_shape=tuple(info["input_shape"]))
+    except ClearsightError as err:  # a config that resolves but was edited into nonsense
+        raise CheckpointError(f"{config} is not a valid run config: {err}. {RUN_CONFIG_FIX}") from err
     weights = path / "model.safetensors"
     if not weights.exists():
         raise CheckpointError(f"{path} has no model.safetensors yet (training did not finish an epoch); "
@@ -164,5 +190,30 @@ def open_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{weights} does not fit the model in {path}/config.yaml: {err}") from err
+        raise CheckpointError(io.one_line(f"{weights} does not fit the model in {config}: {err}")) from err
     return Run(path, cfg, info, model.to(device))
+
+
+def _recorded_shapes(doc: Mapping[str, Any], config: Path) -> dict[str, Any]:
+    """config.yaml's "shapes" section, checked: the class count (an int >= 2), the input shape (positive ints)
+    and, when recorded, the class names (one string per class)."""
+    info = doc.get("shapes")
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{config} has no 'shapes' section (num_classes, input_shape, classes); it was not "
+                              f"written by clearsight train, or was edited. {RUN_CONFIG_FIX}")
+
+    def whole(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    n, shape, classes = info.get("num_classes"), info.get("input_shape"), info.get("classes")
+    problems = []
+    if not whole(n, 2):
+        problems.append(f"num_classes {n!r} is not a whole number >= 2")
+    if not isinstance(shape, list) or not shape or not all(whole(d, 1) for d in shape):
+        problems.append(f"input_shape {shape!r} is not a list of positive whole numbers")
+    if classes is not None and whole(n, 2) and (not isinstance(classes, list) or len(classes) != n
+                                                or not all(isinstance(c, str) for c in classes)):
+        problems.append(f"classes {classes!r} is not a list of {n} names")
+    if problems:
+        raise CheckpointError(f"{config}: its shapes section is invalid ({'; '.join(problems)}). {RUN_CONFIG_FIX}")
+    return dict(info)

@@ -26,8 +26,8 @@ from torch import nn
 
 from clearsight.attacks.ball import Ball
 from clearsight.attacks.losses import REFERENCE_LOSSES, get_loss
-from clearsight.checks import check_inputs, check_labels
-from clearsight.errors import ConfigError, DataError
+from clearsight.checks import check_inputs, check_labels, check_logits
+from clearsight.errors import ConfigError
 from clearsight.modes import channels_last, eval_mode, frozen_parameters
 
 # stepper(t, x_t, grad_t, value_t) -> x_{t+1}; value_t is the per-sample objective at x_t (maximized)
@@ -220,6 +220,5 @@ def _labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool,
 
 
 def _check_logits(logits: torch.Tensor, goal: Goal) -> None:
-    if logits.dim() != 2:
-        raise DataError(f"the model must return logits [B, C]; it returned shape {tuple(logits.shape)}")
+    check_logits(logits)
     check_labels(goal.labels, num_classes=logits.shape[1], name="target" if goal.targeted else "y")

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from clearsight.checks import check_inputs, check_labels
-from clearsight.errors import ConfigError, DataError
+from clearsight.checks import check_dtype, check_inputs, check_labels, check_logits
+from clearsight.errors import ConfigError
 from clearsight.modes import frozen_parameters
 
 # Hook dicts of nn.Module (torch >= 2.0); a missing name is skipped so older/newer torch versions still work.
@@ -70,6 +70,7 @@ def guarded(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_inputs(x.detach() if isinstance(x, torch.Tensor) else x, name="x")
+        check_dtype(model, x)
         check_labels(target, batch=x.shape[0], name="target")
     snapshot = _snapshot(model)
     token = _NESTED.set(True)
@@ -87,8 +88,7 @@ def guarded(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
 
 def target_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """logits[b, target[b]] as [B]; checks that the model returns logits [B, classes] and target is in range."""
-    if logits.dim() != 2:
-        raise DataError(f"attributions need a model returning logits [B, classes], got shape {tuple(logits.shape)}")
+    check_logits(logits, what="the model explained")
     check_labels(target, num_classes=logits.shape[1], batch=logits.shape[0], name="target")
     return logits.gather(1, target[:, None])[:, 0]
 
@@ -121,8 +121,10 @@ def predicted(model: nn.Module, x: torch.Tensor, *, max_batch: int | None = None
     mode the caller left it in.
     """
     check_inputs(x, name="x")
+    check_dtype(model, x)
     with torch.no_grad():
         if max_batch is None:
-            return model(x).argmax(1)
+            return check_logits(model(x)).argmax(1)
         chunks = x.split(positive_int("max_batch", max_batch))
-        return torch.cat([model(c).argmax(1) for c in chunks]) if chunks else x.new_zeros(0, dtype=torch.int64)
+        return (torch.cat([check_logits(model(c)).argmax(1) for c in chunks]) if chunks
+                else x.new_zeros(0, dtype=torch.int64))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import pickle
 import shutil
@@ -131,9 +132,10 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is truncated (header)")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = data[4 + 4 * ndim :]
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap around in int64 for huge headers
     if len(body) != expected:
-        raise DataError(f"{path} holds {len(body)} data bytes, the header {shape} says {expected}")
+        raise DataError(f"{path} holds {len(body)} data bytes, the header (dimensions {list(shape)}) says "
+                        f"{expected}: the file is truncated or damaged; delete it and download it again")
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 

@@ -30,6 +30,7 @@ from clearsight.data.base import ArrayDataset
 from clearsight.data.files import ensure_file
 from clearsight.data.registry import DATASETS
 from clearsight.errors import DataError
+from clearsight.io import decode_text, read_text
 from clearsight.options import OpenFraction, Seed
 
 UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/"
@@ -173,7 +174,9 @@ def uci_text(name: str, fname: str, md5: str, *, root: Path, download: bool) -> 
         # a present copy is validated by parsing, not by one checksum: copies with another label coding exist
         path = ensure_file(local, md5, [UCI + _UCI_PATHS[fname]], download_ok=download, verify_present=False,
                            how=f"Put the UCI file {fname} in {local.parent}.")
-        return _decode(path.read_bytes(), path)
+        return read_text(path, what=f"the {name} data file", error=DataError,
+                         fix=f"Put the UCI file {fname} there as published (plain text), or remove it to use the "
+                             "copy embedded in clearsight")
     embedded = EMBEDDED_DIR / f"{fname}.gz"
     try:
         raw = gzip.decompress(embedded.read_bytes())
@@ -184,17 +187,11 @@ def uci_text(name: str, fname: str, md5: str, *, root: Path, download: bool) -> 
     if got != md5:
         raise DataError(f"the embedded file {embedded} decompresses to md5 {got}, not the official {md5}: the "
                         "clearsight installation is broken; reinstall it")
-    return _decode(raw, embedded)
+    return decode_text(raw, embedded, what="the embedded file", error=DataError,
+                       fix="The clearsight installation is broken; reinstall it")
 
 
 _UCI_PATHS = {"german.data": "statlog/german/german.data", "adult.data": "adult/adult.data"}
-
-
-def _decode(raw: bytes, path: Path) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not a text file ({err}); it is not a UCI data file") from err
 
 
 def _label(value: str, mapping: dict[str, int]) -> int:

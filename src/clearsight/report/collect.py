@@ -68,7 +68,7 @@ def read_study(study_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{folder} is not a study directory: it has no {STUDY_FILE}. `clearsight study --out "
                           f"{folder}` makes one; `clearsight report` re-renders a study made that way")
     try:
-        study = io.read_yaml(path)
+        study = io.read_yaml(path, what="study config")
     except ClearsightError as err:
         raise ConfigError(f"{folder} is not a usable study directory: {err}") from err
     methods, seeds = study.get("methods"), study.get("seeds")
@@ -97,7 +97,7 @@ def read_cell(folder: Path, method: str, seed: int) -> Cell | str:
         return f"{CELL_FILE} names method {info.get('method')!r}, seed {info.get('seed')!r}"
     try:
         rows = _latest(read_rows(folder / "results.jsonl"), _wanted(info))
-        log = io.read_jsonl(folder / "log.jsonl")
+        log = io.read_jsonl(folder / "log.jsonl", what="training log")
     except ClearsightError as err:
         return str(err)
     if not rows:

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clearsight.config import RunConfig, resolve
+from clearsight.engine import NEUTRAL_TRAIN
 from clearsight.errors import ClearsightError, ConfigError
 
 TOP_KEYS = ("name", "description", "dataset", "model", "train", "seeds", "evaluate", "examples", "methods")
@@ -42,8 +43,6 @@ TEACHER_KEYS = {"method": None, "attribution": "smoothgrad", "n": 50, "sigma": 0
 EVALUATE_KEYS = {"suites": ["quick"], "samples": None, "batch_size": 256, "seed": 0}
 EXAMPLES_KEYS = {"count": 8, "attributions": ["gradient", {"name": "smoothgrad", "n": 20},
                                               {"name": "integrated_gradients", "steps": 32}]}
-# settings that do not change what a run computes: left out of the settings hash and set by the runner
-UNHASHED_TRAIN = ("device", "progress")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -192,7 +191,7 @@ def cells(study: Study) -> list[Cell]:
         for seed in study.seeds:
             teacher = made[(method.teacher.method, seed)] if method.teacher else None
             cfg = study.run_config(method, seed).to_dict()
-            for key in UNHASHED_TRAIN:
+            for key in NEUTRAL_TRAIN:  # set by the runner; a resume may change them too
                 cfg["train"].pop(key)
             cfg["objective"].pop("targets", None)  # a path: the teacher's hash and target settings stand for it
             identity = {"run": cfg, "teacher": None if teacher is None else

@@ -96,7 +96,9 @@ def load(source: str | Path) -> Group:
     path = preset_path(str(source)) or Path(source)
     if not path.is_file():
         raise ConfigError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a study YAML file")
-    return parse_file(io.read_yaml(path), where=str(source))
+    doc = io.read_yaml(path, what="study file", error=ConfigError,
+                       fix="Give a study as a YAML mapping in UTF-8 (`clearsight study --print quick` writes one)")
+    return parse_file(doc, where=str(source))
 
 
 def folders(group: Group, out: str | Path | None) -> list[tuple[Study, Path]]:
@@ -113,7 +115,9 @@ def _claim(out: Path, study: Study, *, update: bool) -> None:
     config = out / "study.yaml"
     data = study.to_data()
     if config.exists():
-        saved = io.read_yaml(config)
+        saved = io.read_yaml(config, what="study config", error=ConfigError,
+                             fix="It records the settings of the study in this folder: put it back, or run the "
+                                 "study into another folder")
         if io.plain(saved) == io.plain(data):
             return
         if not update:
@@ -247,9 +251,12 @@ class _Worker:
 
         self._opened.pop(cell.name, None)
 
-        history_before = len(io.read_jsonl(folder / "log.jsonl"))
+        try:
+            history_before = len(io.read_jsonl(folder / "log.jsonl"))
+        except CheckpointError:  # a damaged log: the resume below rewrites it from the checkpoint
+            history_before = 0
         _train_together(cfg, folder, resume=(folder / "config.yaml").exists(), on_epoch=epoch_done, world=self.world)
-        log = io.read_jsonl(folder / "log.jsonl")
+        log = io.read_jsonl(folder / "log.jsonl", what="training log")
         last = log[-1] if log else {}
         state["stages"]["train"] = {"epochs": len(log), "seconds": round(sum(r.get("seconds", 0) for r in log), 3)}
         write_state(folder, state)
