@@ -98,9 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from clearsight.runs import load_data, train_run
 
     out = args.out
-    if args.resume and not (out / "config.yaml").is_file():
-        raise ConfigError(f"--resume: {out} holds no run to continue (no config.yaml); drop --resume to start a new "
-                          "run there, or give the folder of the run to continue")
+    if args.resume and not (out / "config.yaml").is_file() and not (out / engine.CHECKPOINT).exists():
+        raise ConfigError(f"--resume: {out} holds no run to continue (no config.yaml, no checkpoint); drop --resume "
+                          "to start a new run there, or give the folder of the run to continue")
     cfg = _run_config(args)
     test = load_data(cfg, "test")  # before training: a test split that cannot load costs nothing
     model, _ = train_run(cfg, out, resume=args.resume)
