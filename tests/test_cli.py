@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def test_evaluate_full_suite_writes_every_row_of_the_suite(credit_run, tmp_path,
     rows = io.read_jsonl(out)
     suite = suite_for("full", load_data(open_run(credit_run).config, "test"))
     assert [r["key"] for r in rows if r["metric"] != "hygiene"] == [r.key for r in suite.rows]
-    assert all(isinstance(r["value"], float) and r["suite"] == "full" for r in rows)
+    assert all(isinstance(r["value"], float) and math.isfinite(r["value"]) and r["suite"] == "full" for r in rows)
     assert {"deletion_auc", "max_sensitivity", "randomisation", "neuron_consistency"} <= {r["metric"] for r in rows}
     capsys.readouterr()
 

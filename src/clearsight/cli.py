@@ -174,18 +174,20 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from clearsight import study
+    from clearsight.study import runner
 
     if args.print_preset is not None:
         sys.stdout.write(study.preset_text(args.print_preset))
         return 0
     group = study.load(args.preset)
     lead = os.environ.get("RANK", "0") == "0"  # under torchrun the other ranks only help train
-    for spec, out in study.folders(group, args.out):
-        report = study.run(spec, out, shard_spec=args.shard, update=args.update, device=args.device or "auto",
-                           progress=args.progress if lead else "none")
-        if lead:
-            _print_summary(out)
-            print(f"report written to {report}")
+    with runner.group(args.device or "auto"):  # one torchrun process group for every study of the file
+        for spec, out in study.folders(group, args.out):
+            report = study.run(spec, out, shard_spec=args.shard, update=args.update, device=args.device or "auto",
+                               progress=args.progress if lead else "none")
+            if lead:
+                _print_summary(out)
+                print(f"report written to {report}")
     return 0
 
 

@@ -79,6 +79,8 @@ class TrainConfig:
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.device, str) and hasattr(self.device, "type"):  # a torch.device: its name
+            object.__setattr__(self, "device", str(self.device))
         # every field checked against its annotation (type, finite, range, choices) and stored in its type
         for key, hint in typing.get_type_hints(TrainConfig, include_extras=True).items():
             object.__setattr__(self, key, coerce(f"train.{key}", getattr(self, key), hint))

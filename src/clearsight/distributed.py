@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,8 @@ def join(device: torch.device, *, timeout: datetime.timedelta | None = None) -> 
     if size <= 1 or not dist.is_available():
         return World()
     owns = False
+    if device.type == "cuda":  # this process's GPU for nccl's communicator and every collective's buffers
+        torch.cuda.set_device(local_device(device))
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if timeout is None:
@@ -58,9 +62,26 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def leave(world: World) -> None:
+def leave(world: World, *, wait: bool = True) -> None:
+    """Tear down the group if `join` set it up: after every rank has come here (`wait`; a rank destroying it
+    while another still talks to it aborts the process), or at once on an error (a barrier then would hang on
+    ranks that are still training; torchrun stops them when this process exits)."""
     if world.owns_group and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def joined(device: torch.device, *, timeout: datetime.timedelta | None = None) -> Iterator[World]:
+    """`join` for the block, then `leave` (without waiting for the others if the block raised)."""
+    world = join(device, timeout=timeout)
+    try:
+        yield world
+    except BaseException:
+        leave(world, wait=False)
+        raise
+    leave(world)
 
 
 def broadcast_state(model: nn.Module, world: World) -> None:

@@ -72,12 +72,9 @@ def fit(model: nn.Module, objective: Callable[..., LossOutput] | str, train_ds: 
     train = as_array_dataset(train_ds)
     objective = with_budgets(build_objective(objective) if isinstance(objective, str) else objective, train.name)
     device = distributed.local_device(resolve_device(cfg.device))
-    world = distributed.join(device)
-    try:
+    with distributed.joined(device) as world:
         return _fit(model, objective, train, val_ds, cfg, device, world,
                     Path(out_dir) if out_dir is not None else None, resume, dict(run_config or {}), on_epoch)
-    finally:
-        distributed.leave(world)
 
 
 @dataclasses.dataclass
@@ -146,8 +143,8 @@ def _fit(model: nn.Module, objective: Callable[..., LossOutput], train: ArrayDat
         _epochs(model, objective, optimizer, batches, state, val, cfg, device, world, report, out, on_epoch)
     except TrainingError:
         if out is not None and world.is_main and not _trained(out):
-            # a run that diverged before its first checkpoint holds nothing but the config.yaml written at its
-            # start: removed, so the folder is not taken by a run with no weights (nothing trained is lost)
+            # a run that diverged before its first checkpoint holds nothing training made, only a config.yaml
+            # (this call's or an earlier start's): removed, so the folder is not taken by a run with no weights
             (out / "config.yaml").unlink(missing_ok=True)
             if made:
                 with contextlib.suppress(OSError):

@@ -94,7 +94,10 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
     dev = resolve_device(device)
     model.to(dev)
     plans = _plans(spec.rows, data, dev, seed, max_batch)
-    starts = list(range(0, len(data), batch_size))
+    # batches up to the last sample any row (or the hygiene check) reads: no forward on samples nothing scores
+    needed = max([p.limit(len(data)) for p in plans]
+                 + [min(len(data), HYGIENE_SAMPLES) if spec.hygiene is not None else 0])
+    starts = list(range(0, needed, batch_size))
     bar = report.bar(sum(len([i for i in starts if i < p.limit(len(data))]) for p in plans)
                      + (spec.hygiene is not None), f"evaluate ({spec.name})")
     devices = [dev] if dev.type == "cuda" else []

@@ -78,7 +78,11 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     every value.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in (float, int) and not isinstance(value, bool | int | float) and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a numpy or torch scalar (np.int64(3), torch.tensor(0.1)): its Python number
     if origin is Annotated:
+        if args[0] in (float, int) and getattr(value, "ndim", None) == 0 and not isinstance(value, int | float):
+            value = value.item()
         try:
             infinite = isinstance(value, float) and math.isinf(value)
             out = value if infinite and not all(r.finite for r in args[1:] if isinstance(r, Range)) else \
@@ -157,8 +161,8 @@ def describe(hint: Any) -> str:
 @functools.cache
 def option_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     """The annotations (with their Annotated ranges) of `fn`'s keyword-only parameters; {} where they cannot be
-    evaluated (an entry registered by a user with annotations naming unimported types is then type-checked by
-    nothing, as before)."""
+    evaluated (an entry registered by a user with annotations naming types its module does not import: its values
+    are then not checked)."""
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
     except (NameError, TypeError):

@@ -11,18 +11,19 @@ from functools import partial
 import torch
 from torch import nn
 
-from clearsight.attacks.ball import per_sample_norm
+from clearsight.attacks.ball import Norm, per_sample_norm
 from clearsight.attacks.loop import attacking, input_gradient, plain
 from clearsight.attacks.losses import ce, margin
 from clearsight.attacks.pgd import pgd
 from clearsight.attacks.robust import robust_accuracy
 from clearsight.checks import check_inputs, check_labels
+from clearsight.options import Count, Fraction, NonNegative
 
 
-def check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.1, norm: str = "linf",
-          prob_tol: float = 1e-5, random_tol: float = 1e-4, zero_grad_fraction: float = 0.05,
-          weak_steps: int = 10, strong_steps: int = 100, strong_restarts: int = 3, max_gap: float | None = 0.05,
-          generator: torch.Generator | None = None) -> list[str]:
+def check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: NonNegative = 0.1, norm: Norm = "linf",
+          prob_tol: NonNegative = 1e-5, random_tol: NonNegative = 1e-4, zero_grad_fraction: Fraction = 0.05,
+          weak_steps: Count = 10, strong_steps: Count = 100, strong_restarts: Count = 3,
+          max_gap: NonNegative | None = 0.05, generator: torch.Generator | None = None) -> list[str]:
     """Warnings about `model` on the batch (x [B, ...] in [0, 1], y int64 [B]); the model's state is restored.
 
     Checks, each with its threshold as an option:

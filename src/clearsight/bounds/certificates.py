@@ -21,10 +21,11 @@ from clearsight.bounds.gradient import gradient_bounds
 from clearsight.bounds.interval import input_box
 from clearsight.checks import check_inputs, check_radius
 from clearsight.errors import ConfigError
+from clearsight.options import NormOrder
 
 
 def delta_bound(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, eps: float, gamma: float = 0.0,
-                p: float = 2.0, of: str = "logit", relative: bool = False) -> torch.Tensor:
+                p: NormOrder = 2.0, of: str = "logit", relative: bool = False) -> torch.Tensor:
     """Bound on how far the explanation (input gradient) can move inside the box: the delta-certificate.
 
     For x' in the box both g(x) and g(x') lie in [lower, upper], so |g(x') - g(x)| <= upper - lower
@@ -66,7 +67,7 @@ def check_norm(p: float) -> None:
 
 
 def delta_certified(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, delta: float, eps: float,
-                    gamma: float = 0.0, p: float = 2.0, of: str = "logit", relative: bool = False) -> torch.Tensor:
+                    gamma: float = 0.0, p: NormOrder = 2.0, of: str = "logit", relative: bool = False) -> torch.Tensor:
     """bool [B]: the explanation provably moves by at most `delta` (see `delta_bound`) inside the box."""
     return delta_bound(model, x, target, eps=eps, gamma=gamma, p=p, of=of, relative=relative) <= delta
 

@@ -23,6 +23,7 @@ from clearsight.checks import check_radius
 from clearsight.errors import ConfigError
 from clearsight.metrics.registry import METRICS
 from clearsight.metrics.shared import shared
+from clearsight.options import NormOrder
 
 
 def _bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, gamma: float,
@@ -59,7 +60,7 @@ def certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
                   description="bound on how far the input gradient of the label's logit can move in the eps box, "
                               "relative to its norm at x by default")
 def delta_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, gamma: float = 0.0,
-                p: float = 2.0, of: str = "logit", relative: bool = True) -> torch.Tensor:
+                p: NormOrder = 2.0, of: str = "logit", relative: bool = True) -> torch.Tensor:
     """The delta-certificate ||upper - lower||_p of the gradient bounds [B] (`clearsight.bounds.delta_bound`).
 
     `relative` (the default here, as in `certify`) divides by ||g(x)||_p so that models whose gradients differ in
@@ -73,7 +74,7 @@ def delta_bound(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
                   paper="arXiv 2212.08507", example={"eps": 0.01, "delta": 1.0},
                   description="1 where the explanation provably moves by at most delta in the eps box")
 def certified_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, delta: float,
-                    gamma: float = 0.0, p: float = 2.0, of: str = "logit", relative: bool = True) -> torch.Tensor:
+                    gamma: float = 0.0, p: NormOrder = 2.0, of: str = "logit", relative: bool = True) -> torch.Tensor:
     """1.0 where the delta bound (see `delta_bound`) is at most `delta`, else 0.0; [B]."""
     with torch.no_grad():
         return (_delta(model, x, y, eps, gamma, p, of, relative) <= delta).float()

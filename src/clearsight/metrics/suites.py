@@ -38,6 +38,7 @@ from typing import Any
 
 from clearsight.errors import ConfigError
 from clearsight.metrics.registry import METRICS
+from clearsight.options import check_values, did_you_mean, option_hints
 from clearsight.results import row_key
 from clearsight.specs import is_spec, spec, spec_list
 
@@ -112,7 +113,21 @@ def from_data(data: Mapping[str, Any]) -> Suite:
     hygiene = data.get("hygiene")
     if hygiene is not None and not isinstance(hygiene, Mapping):
         raise ConfigError(f"suite hygiene must be a mapping of attacks.check options or null, got {hygiene!r}")
+    if hygiene is not None:
+        _check_hygiene(hygiene)
     return Suite(str(data.get("name", "custom")), rows, dict(hygiene) if hygiene is not None else None)
+
+
+def _check_hygiene(options: Mapping[str, Any]) -> None:
+    """The hygiene options against `attacks.check`'s signature: names, types, finite values in range."""
+    from clearsight.attacks import check
+
+    hints = {k: v for k, v in option_hints(check).items() if k != "generator"}
+    for key in options:
+        if key not in hints:
+            raise ConfigError(f"suite hygiene has no option {key!r}{did_you_mean(key, list(hints))}; valid options: "
+                              f"{', '.join(hints)}")
+    check_values("suite hygiene.", options, hints)
 
 
 def suite(name: str | Mapping[str, Any] | Suite, *, eps_grid: Mapping[str, Sequence[float]] | None,

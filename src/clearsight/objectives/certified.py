@@ -24,7 +24,7 @@ from clearsight.options import Fraction, NonNegative
                      standard_at=({"alpha": 0.0}, {"eps": 0.0, "gamma": 0.0}),
                      description="CE + alpha * mean width of sound interval bounds on the input gradient "
                                  "(robust explanation constraints, Wicker et al.)")
-def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: Fraction = 0.5,
+def certified_explanation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: NonNegative = 0.5,
                           eps: NonNegative = 0.1, gamma: NonNegative = 0.0, of: Of = "logit",
                           ramp: Fraction = 0.5, warmup: Fraction = 0.0, **batch: object) -> LossOutput:
     """CE(f(x), y) + alpha * mean width of the interval bound on the input gradient (Wicker et al., arXiv 2212.08507).

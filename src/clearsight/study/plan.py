@@ -29,12 +29,14 @@ import difflib
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from clearsight.config import RunConfig, resolve
 from clearsight.engine import NEUTRAL_TRAIN
 from clearsight.errors import ClearsightError, ConfigError
+from clearsight.options import Count, NonNegative, Seed, check_values, coerce
 
 TOP_KEYS = ("name", "description", "dataset", "model", "train", "seeds", "evaluate", "examples", "methods")
 METHOD_KEYS = ("name", "objective", "options", "train", "model", "teacher", "description")
@@ -49,12 +51,12 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 @dataclasses.dataclass(frozen=True)
 class Teacher:
     method: str
-    attribution: str = "smoothgrad"
-    n: int = 50
-    sigma: float = 0.15
-    threshold: float = 1.0
+    attribution: Literal["smoothgrad", "gradient"] = "smoothgrad"
+    n: Count = 50
+    sigma: NonNegative = 0.15
+    threshold: NonNegative = 1.0
     abs: bool = False
-    seed: int = 0
+    seed: Seed = 0
 
     def settings(self) -> dict[str, Any]:
         """The target-map settings (everything but the teacher's name), as `clearsight.targets.compute` takes
@@ -130,9 +132,9 @@ def parse(doc: Mapping[str, Any], *, where: str = "the study") -> Study:
                               "(`clearsight study --print quick` writes a complete example)")
     name = _name(doc["name"], f"{where}: name")
     seeds = doc.get("seeds", [0])
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(type(s) is int and s >= 0 for s in seeds)):
-        raise ConfigError(f"{where}: seeds must be a list of distinct non-negative integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds):
+        raise ConfigError(f"{where}: seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    coerce(f"{where}: seeds", seeds, list[Seed])  # each an int in torch's seed range
     methods_doc = doc["methods"]
     if not isinstance(methods_doc, list) or not methods_doc:
         raise ConfigError(f"{where}: methods must be a non-empty list of {{name, objective, ...}}")
@@ -310,18 +312,10 @@ def _ordered(methods: list[Method], where: str) -> list[Method]:
 
 
 def _check_teacher(t: Teacher, where: str) -> None:
-    if t.attribution not in ("smoothgrad", "gradient"):
-        raise ConfigError(f"{where}.attribution must be smoothgrad or gradient, got {t.attribution!r}")
-    checks = [("n", type(t.n) is int and t.n >= 1, "an integer >= 1"),
-              ("sigma", isinstance(t.sigma, (int, float)) and not isinstance(t.sigma, bool) and t.sigma >= 0,
-               "a number >= 0"),
-              ("threshold", isinstance(t.threshold, (int, float)) and not isinstance(t.threshold, bool)
-               and t.threshold >= 0, "a number >= 0"),
-              ("abs", isinstance(t.abs, bool), "true or false"),
-              ("seed", type(t.seed) is int and t.seed >= 0, "an integer >= 0")]
-    for key, ok, what in checks:
-        if not ok:
-            raise ConfigError(f"{where}.{key} must be {what}, got {getattr(t, key)!r}")
+    """Every target-map setting against its declared type and range (finite: an infinite sigma or threshold
+    would pass `>= 0` and make meaningless maps after the teacher trained)."""
+    hints = typing.get_type_hints(Teacher, include_extras=True)
+    check_values(f"{where}.", {k: getattr(t, k) for k in hints if k != "method"}, hints)
 
 
 def _check_teachers(study: Study, where: str) -> None:

@@ -11,12 +11,12 @@ run), an evaluation recomputes its rows with the same seeds (same values).
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import dataclasses
 import datetime
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +43,32 @@ def run(study: Study, out: str | Path, *, shard_spec: str | None = None, update:
     from clearsight.modes import resolve_device
 
     out = Path(out)
-    world = distributed.join(resolve_device(device), timeout=STUDY_TIMEOUT)
-    if world.owns_group:
-        # kept for the process's next study (a file of several): a group torn down and set up again under
-        # torchrun waits forever for its store
-        atexit.register(distributed.leave, world)
-    if not world.is_main:
-        _follow(world)
-        return out / "report.html"
-    try:
-        return _lead(study, out, shard_spec=shard_spec, update=update, device=device, progress=progress,
-                     world=world)
-    finally:
-        distributed.broadcast(None, world)  # the other ranks stop following (after an error too)
+    # Under torchrun: a group set up here is torn down here; one torn down and set up again in the same process
+    # waits forever for its store, so a caller running several studies (the CLI, for a file of several) joins
+    # the group first (`group`) and every run() uses it.
+    with distributed.joined(resolve_device(device), timeout=STUDY_TIMEOUT) as world:
+        if not world.is_main:
+            _follow(world)
+            return out / "report.html"
+        crew = _Crew(world)
+        try:
+            return _lead(study, out, shard_spec=shard_spec, update=update, device=device, progress=progress,
+                         crew=crew)
+        finally:
+            crew.dismiss()
+
+
+@contextlib.contextmanager
+def group(device: str = "auto") -> Iterator[None]:
+    """The torchrun process group for every study run inside the block (nothing outside torchrun)."""
+    from clearsight.modes import resolve_device
+
+    with distributed.joined(resolve_device(device), timeout=STUDY_TIMEOUT):
+        yield
 
 
 def _lead(study: Study, out: Path, *, shard_spec: str | None, update: bool, device: str, progress: str,
-          world: distributed.World) -> Path:
+          crew: _Crew) -> Path:
     """The study's work, on a single process or on rank 0 of a torchrun group (which the others help train)."""
     from clearsight.modes import resolve_device
     from clearsight.progress import reporter
@@ -73,7 +82,7 @@ def _lead(study: Study, out: Path, *, shard_spec: str | None, update: bool, devi
     bar = report.bar(sum(units.values()), f"study {study.name}")
     say = _sayer(bar, report.lines)
     began = time.perf_counter()
-    worker = _Worker(study, out, dev, bar, say, world)
+    worker = _Worker(study, out, dev, bar, say, crew)
     worker.mine = {c.name for c in mine}
     left: list[Cell] = []
     for number, cell in enumerate(mine, 1):
@@ -178,8 +187,8 @@ class _Worker:
     """Works cells of one study through their stages; counts progress units as it goes."""
 
     def __init__(self, study: Study, out: Path, device: str, bar: Any, say: Callable[[str], None],
-                 world: distributed.World) -> None:
-        self.study, self.out, self.device, self.bar, self.say, self.world = study, out, device, bar, say, world
+                 crew: _Crew) -> None:
+        self.study, self.out, self.device, self.bar, self.say, self.crew = study, out, device, bar, say, crew
         self.counted: dict[str, int] = {}
         self.mine: set[str] = set()  # the cells of this worker's shard (others' progress is not on its bar)
         self._opened: dict[str, tuple[Any, Any]] = {}  # cell -> (run, test split), until the cell trains again
@@ -255,7 +264,7 @@ class _Worker:
             history_before = len(io.read_jsonl(folder / "log.jsonl"))
         except CheckpointError:  # a damaged log: the resume below rewrites it from the checkpoint
             history_before = 0
-        _train_together(cfg, folder, resume=(folder / "config.yaml").exists(), on_epoch=epoch_done, world=self.world)
+        self.crew.train(cfg, folder, resume=(folder / "config.yaml").exists(), on_epoch=epoch_done)
         log = io.read_jsonl(folder / "log.jsonl", what="training log")
         last = log[-1] if log else {}
         state["stages"]["train"] = {"epochs": len(log), "seconds": round(sum(r.get("seconds", 0) for r in log), 3)}
@@ -391,12 +400,27 @@ class _Worker:
 STUDY_TIMEOUT = datetime.timedelta(days=7)
 
 
-def _train_together(cfg: Any, folder: Path, *, resume: bool, on_epoch: Callable[[dict[str, Any]], None],
-                    world: distributed.World) -> None:
-    from clearsight.runs import train_run
+class _Crew:
+    """Rank 0's side: the other ranks of the group, told what to train (nothing to tell on a single process)."""
 
-    distributed.broadcast({"config": cfg.to_dict(), "folder": str(folder), "resume": resume}, world)
-    train_run(cfg, folder, resume=resume, on_epoch=on_epoch, progress="none")
+    def __init__(self, world: distributed.World) -> None:
+        self.world = world
+        self.training = False  # inside a data-parallel training, where the ranks' collectives must match
+
+    def train(self, cfg: Any, folder: Path, *, resume: bool, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        from clearsight.runs import train_run
+
+        distributed.broadcast({"config": cfg.to_dict(), "folder": str(folder), "resume": resume}, self.world)
+        self.training = True
+        train_run(cfg, folder, resume=resume, on_epoch=on_epoch, progress="none")
+        self.training = False
+
+    def dismiss(self) -> None:
+        """Tell the others to stop following; not while a training failed midway (they are in its collectives,
+        and leave when torchrun stops them after this process exits)."""
+        if not self.training:
+            with contextlib.suppress(RuntimeError):  # a peer already gone: rank 0's own error is what matters
+                distributed.broadcast(None, self.world)
 
 
 def _follow(world: distributed.World) -> None:
@@ -405,7 +429,9 @@ def _follow(world: distributed.World) -> None:
     from clearsight.runs import train_run
 
     while (job := distributed.broadcast(None, world)) is not None:
-        train_run(resolve(job["config"]), Path(job["folder"]), resume=job["resume"], progress="none")
+        # rank 0 met the same error and says it; it decides what comes next (its next job, or None)
+        with contextlib.suppress(ClearsightError):
+            train_run(resolve(job["config"]), Path(job["folder"]), resume=job["resume"], progress="none")
 
 
 def _keys(suites: Sequence[Any]) -> list[str]:
