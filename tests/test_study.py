@@ -115,7 +115,7 @@ def whole(tmp_path_factory):
                    {"name": "b", "objective": "standard", "teacher": {"method": "a"}}]), "reads no teacher maps"),
     (tiny(methods=[{"name": "a", "objective": "standard"},
                    {"name": "b", "objective": "ir", "teacher": {"method": "a", "attribution": "smoothgradd"}}]),
-     "attribution must be one of .smoothgrad., .gradient., got .smoothgradd. \(did you mean .smoothgrad.\?\)"),
+     r"attribution must be one of .smoothgrad., .gradient., got .smoothgradd. \(did you mean .smoothgrad.\?\)"),
     (tiny(methods=[{"name": "a", "objective": "standard"},
                    {"name": "b", "objective": "ir", "teacher": {"method": "a", "n": "many"}}]), "n must be"),
 ])

@@ -78,11 +78,10 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     every value.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint in (float, int) and not isinstance(value, bool | int | float) and getattr(value, "ndim", None) == 0:
+    number = args[0] if origin is Annotated else hint
+    if number in (float, int) and not isinstance(value, int | float) and getattr(value, "ndim", None) == 0:
         value = value.item()  # a numpy or torch scalar (np.int64(3), torch.tensor(0.1)): its Python number
     if origin is Annotated:
-        if args[0] in (float, int) and getattr(value, "ndim", None) == 0 and not isinstance(value, int | float):
-            value = value.item()
         try:
             infinite = isinstance(value, float) and math.isinf(value)
             out = value if infinite and not all(r.finite for r in args[1:] if isinstance(r, Range)) else \
