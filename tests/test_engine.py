@@ -452,6 +452,44 @@ def test_two_process_data_parallel_ends_with_identical_weights(tmp_path):
     assert len(history) == 3 and history[-1]["val_accuracy"] > 0.5  # it learned, from the global batch
 
 
+NAN_ON_ONE_RANK_SCRIPT = """
+import os, sys
+import torch
+import clearsight as cs
+from clearsight.errors import TrainingError
+from clearsight.objectives import LossOutput
+calls = [0]
+def objective(model, x, y, **batch):
+    calls[0] += 1
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    if os.environ["RANK"] == "1" and calls[0] == 4:  # the check call, then steps 1 and 2 are fine
+        loss = loss * float("nan")
+    return LossOutput(loss, {})
+train = cs.data.load("mnist-mini", "train").subset(torch.arange(0, 5000, 10))
+model = cs.models.build("small-cnn", num_classes=10, hidden=32)
+try:
+    cs.fit(model, objective, train, epochs=1, batch_size=32, progress="none", out_dir=sys.argv[1] + "/run")
+except TrainingError as e:
+    print(f"rank {os.environ['RANK']}: {e}")
+    sys.exit(3)
+"""
+
+
+def test_a_loss_that_diverges_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's loss alone becomes NaN: both ranks stop with the error (rank 0 says it happened elsewhere) instead
+    of rank 0 waiting forever in the next all-reduce."""
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_ON_ONE_RANK_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode != 0
+    assert "rank 1: the loss became nan at epoch 1, step 3" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert "rank 0: another rank's loss became NaN or infinite at epoch 1, step 3" in result.stdout, result.stdout
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_evaluation_reports_progress_a_line_per_row(capsys):
     _, _, ds = linear_binary(n=32)
     model = nn.Sequential(nn.Linear(16, 2))

@@ -194,10 +194,16 @@ def _train_epoch(model: nn.Module, objective: Callable[..., LossOutput], optimiz
             group["lr"] = cfg.lr * lr_factor(cfg, step, total)
         x, y = batch.pop("x"), batch.pop("y")
         result = objective(model, x, y, progress=step / total, epoch=epoch, epochs=cfg.epochs, **batch)
-        _check_finite(result, epoch, i, out)
+        finite = bool(torch.isfinite(result.loss.detach()))
+        if not finite and world.size <= 1:
+            raise _diverged(result, epoch, i, out)
         optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        distributed.average_gradients(params, world)
+        if finite:
+            result.loss.backward()
+        # the ranks agree on divergence in the gradients' all-reduce: a rank whose loss alone is NaN must not
+        # leave the others waiting in the next collective
+        if distributed.average_gradients(params, world, failed=not finite):
+            raise _diverged(result, epoch, i, out, elsewhere=finite)
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
@@ -253,18 +259,20 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                            weight_decay=cfg.weight_decay)
 
 
-def _check_finite(result: LossOutput, epoch: int, step: int, out: Path | None) -> None:
-    if bool(torch.isfinite(result.loss.detach())):
-        return
+def _diverged(result: LossOutput, epoch: int, step: int, out: Path | None, *, elsewhere: bool = False
+              ) -> TrainingError:
+    """The error of a loss that became NaN or infinite (on another rank when `elsewhere`)."""
     if out is None:
         kept = "Nothing was saved (no out_dir)."
     elif _trained(out):
         kept = f"The last good checkpoint is kept in {out / CHECKPOINT.parent}."
     else:
         kept = f"No epoch had finished, so nothing was kept: {out} can be used again."
-    raise TrainingError(f"the loss became {float(result.loss.detach())} at epoch {epoch + 1}, step {step + 1} "
-                        f"(terms: {result.logs}); training stopped. {kept} Lower the learning rate or check "
-                        "the data and objective options, then start a new run.")
+    what = ("another rank's loss became NaN or infinite" if elsewhere else
+            f"the loss became {float(result.loss.detach())}")
+    return TrainingError(f"{what} at epoch {epoch + 1}, step {step + 1} (terms: {result.logs}); training stopped. "
+                         f"{kept} Lower the learning rate or check the data and objective options, then start a "
+                         "new run.")
 
 
 def _accumulate(sums: dict[str, float], result: LossOutput, y: torch.Tensor) -> None:
