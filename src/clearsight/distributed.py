@@ -91,24 +91,25 @@ def broadcast_state(model: nn.Module, world: World) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def average_gradients(params: list[nn.Parameter], world: World, *, failed: bool = False) -> bool:
-    """Replace each gradient by its mean over ranks (missing gradients count as zero). Returns whether any rank
-    passed `failed` (its loss diverged): the flag rides in the same all-reduce, so agreeing costs no collective."""
+def average_gradients(params: list[nn.Parameter], world: World, *, failed: bool = False) -> int:
+    """Replace each gradient by its mean over ranks (missing gradients count as zero). Returns how many ranks
+    passed `failed` (their loss diverged; then the gradients are left as they were): the flag rides in the same
+    all-reduce, so agreeing costs no collective."""
     if world.size <= 1:
-        return failed
+        return int(failed)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flag = torch.tensor([float(failed)], dtype=grads[0].dtype, device=grads[0].device)
     flat = torch.cat([*(g.reshape(-1) for g in grads), flag])
     dist.all_reduce(flat)
     if bool(flat[-1] > 0):
-        return True
+        return round(float(flat[-1]))
     flat /= world.size
     offset = 0
     for p, g in zip(params, grads, strict=True):
         n = g.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
-    return False
+    return 0
 
 
 def gather(obj: object, world: World) -> list[object]:

@@ -198,12 +198,14 @@ def _train_epoch(model: nn.Module, objective: Callable[..., LossOutput], optimiz
         if not finite and world.size <= 1:
             raise _diverged(result, epoch, i, out)
         optimizer.zero_grad(set_to_none=True)
-        if finite:
-            result.loss.backward()
+        # backward even of a NaN loss under torchrun: layers that communicate in their backward (SyncBatchNorm)
+        # must see every rank; the NaN gradients are never applied, as every rank stops below
+        result.loss.backward()
         # the ranks agree on divergence in the gradients' all-reduce: a rank whose loss alone is NaN must not
         # leave the others waiting in the next collective
-        if distributed.average_gradients(params, world, failed=not finite):
-            raise _diverged(result, epoch, i, out, elsewhere=finite)
+        failed = distributed.average_gradients(params, world, failed=not finite)
+        if failed:
+            raise _diverged(result, epoch, i, out, failed=(failed, world.size))
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
@@ -259,20 +261,26 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                            weight_decay=cfg.weight_decay)
 
 
-def _diverged(result: LossOutput, epoch: int, step: int, out: Path | None, *, elsewhere: bool = False
-              ) -> TrainingError:
-    """The error of a loss that became NaN or infinite (on another rank when `elsewhere`)."""
+def _diverged(result: LossOutput, epoch: int, step: int, out: Path | None, *,
+              failed: tuple[int, int] | None = None) -> TrainingError:
+    """The error of a loss that became NaN or infinite; under torchrun `failed` is (ranks whose loss did, ranks),
+    and the terms shown are this rank's, which may be finite."""
     if out is None:
         kept = "Nothing was saved (no out_dir)."
     elif _trained(out):
         kept = f"The last good checkpoint is kept in {out / CHECKPOINT.parent}."
     else:
         kept = f"No epoch had finished, so nothing was kept: {out} can be used again."
-    what = ("another rank's loss became NaN or infinite" if elsewhere else
-            f"the loss became {float(result.loss.detach())}")
-    return TrainingError(f"{what} at epoch {epoch + 1}, step {step + 1} (terms: {result.logs}); training stopped. "
-                         f"{kept} Lower the learning rate or check the data and objective options, then start a "
-                         "new run.")
+    loss = float(result.loss.detach())
+    if failed is None:
+        what, terms = f"the loss became {loss}", "terms"
+    else:
+        mine = f"here {loss}" if not math.isfinite(loss) else "finite here"
+        what = f"the loss became NaN or infinite on {failed[0]} of {failed[1]} ranks ({mine})"
+        terms = "this rank's terms"
+    return TrainingError(f"{what} at epoch {epoch + 1}, step {step + 1} ({terms}: {result.logs}); training "
+                         f"stopped. {kept} Lower the learning rate or check the data and objective options, then "
+                         "start a new run.")
 
 
 def _accumulate(sums: dict[str, float], result: LossOutput, y: torch.Tensor) -> None:
