@@ -472,7 +472,9 @@ try:
     cs.fit(model, objective, train, epochs=2, batch_size=32, progress="none", out_dir=sys.argv[1] + "/run")
 except TrainingError as e:
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
-    print(f"rank {os.environ['RANK']}: {e} | weights {digest}")
+    # One file per rank: two processes printing to one pipe can interleave their lines.
+    with open(f"{sys.argv[1]}/said{os.environ['RANK']}.txt", "w") as f:
+        f.write(f"{e} | weights {digest}")
     sys.exit(3)
 """
 
@@ -488,7 +490,8 @@ def test_a_loss_that_diverges_on_one_rank_stops_every_rank(tmp_path):
     result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
                             capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode != 0
-    said = dict(line.split(": ", 1) for line in result.stdout.splitlines() if line.startswith("rank "))
+    said = {f"rank {r}": (tmp_path / f"said{r}.txt").read_text() for r in (0, 1)
+            if (tmp_path / f"said{r}.txt").exists()}
     assert set(said) == {"rank 0", "rank 1"}, result.stdout + result.stderr[-3000:]
     assert said["rank 1"].startswith("the loss became NaN or infinite on 1 of 2 ranks (here nan) at epoch 2, step 3")
     assert said["rank 0"].startswith("the loss became NaN or infinite on 1 of 2 ranks (finite here) at epoch 2, "
