@@ -418,3 +418,41 @@ def test_deletion_and_pixel_flipping_share_the_morf_curve(monkeypatch):
         {"metric": "pixel_flipping", "attribution": "gradient", "steps": 4}]})}
     assert sorted(calls) == ["lerf", "morf"]  # one MoRF curve for both rows
     assert rows["pixel_flipping"]["curve"]["morf"] == rows["deletion_auc"]["curve"]["deletion"]
+
+
+def test_a_worst_case_row_is_the_same_with_or_without_its_prefix_rows(monkeypatch):
+    """A worst-case row over [pgd, fgsm, pgd-margin] is its prefix [pgd, fgsm] plus pgd-margin on what that left,
+    and the prefix is [pgd] plus fgsm: every attack draws from the generator of the row that ends with it, so the
+    row's value does not change when the suite also has the prefix rows (it did: alone, its pgd drew from the
+    worst-case row's stream; 1-step pgd makes the random start matter), and hidden prefixes are not reported."""
+    import importlib
+
+    pgd_module = importlib.import_module("clearsight.attacks.pgd")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    x = torch.rand(90, 16)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # all correct at eps 0, so every sample is attacked
+    ds = cs.data.ArrayDataset(x, y, classes=["a", "b", "c"], name="toy", split="test")
+    attacks = [{"name": "pgd"}, {"name": "fgsm"}, {"name": "pgd", "loss": "margin"}]
+    calls = [0]
+    run = pgd_module.run_attack
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(pgd_module, "run_attack", counting)
+    for eps in (0.02, 0.05):
+        row = {"metric": "robust_accuracy", "eps": eps, "steps": 1}
+        last = {**row, "attack": attacks}
+        prefixes = [{**row, "attack": attacks[:1]}, {**row, "attack": attacks[:2]}]
+        calls[0] = 0
+        alone = cs.evaluate_rows(model, ds, suite={"rows": [last]}, batch_size=30, progress="none")
+        calls_alone, calls[0] = calls[0], 0
+        together = cs.evaluate_rows(model, ds, suite={"rows": [*prefixes, last]}, batch_size=30, progress="none")
+        assert [r["key"] for r in alone] == [together[-1]["key"]]  # the hidden prefixes are not reported
+        assert alone[0]["value"] == together[-1]["value"]
+        assert calls_alone == calls[0]  # the hidden prefixes cost no attack the row would not run anyway
+        one, two, three = (r["value"] for r in together)
+        assert one >= two > three > 0  # each later attack breaks samples the earlier ones left

@@ -10,8 +10,11 @@ per batch and shared by every row that reads it. What a row needs comes from its
   `optional_extras` {keyword: extra}: passed as that keyword when the dataset has the extra (the localisation
   metrics leave decoy-mnist's patch out of the strokes);
 - `context`: dataset-level metadata (sensitive feature groups, feature names);
-- `worst_case_over`: a row whose attack list extends an earlier row's list (same other options) starts from that
-  row's per-sample values, attacking only the samples it left robust;
+- `worst_case_over`: a row with a list of n attacks is its one-shorter prefix row's per-sample values (the row
+  with the first n-1 attacks and the same other options) plus the last attack, run only on the samples the
+  prefix left robust. The prefix is the suite's own row when it has one, else a hidden row computed the same
+  way (recursively) and not reported; so every attack of a list draws from the generator of the row that ends
+  with it, and a row's values do not depend on whether the suite also has its prefixes;
 - `curves`: the curves are computed once, reduced to the values, and their means kept in the row;
 - `pooled`: a pool statistic (neuron consistency) accumulated over the batches and finished at the end.
 Random rows draw from a generator of their own, seeded from the evaluation seed and the row key (attack random
@@ -45,7 +48,7 @@ from clearsight.metrics.shared import batch_cache, clean_logits
 from clearsight.metrics.suites import HYGIENE_SAMPLES, Row, Suite
 from clearsight.modes import eval_mode, resolve_device
 from clearsight.progress import reporter
-from clearsight.results import hygiene_row, make_row, row_key
+from clearsight.results import hygiene_row, make_row
 from clearsight.specs import Spec, is_spec, spec, spec_text
 
 
@@ -123,8 +126,9 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
             report.line({"batch": f"{number}/{len(starts)}", "seconds": time.perf_counter() - began})
         # how the rows were made, for provenance (values do not depend on batch_size; they do on the seed)
         where = {"dataset": data.name, "split": data.split, "suite": spec.name, "seed": seed, "batch_size": batch_size}
-        rows = [plan.result(where, len(data)) for plan in plans]
-        for row, plan in zip(rows, plans, strict=True):
+        shown = [plan for plan in plans if not plan.hidden]
+        rows = [plan.result(where, len(data)) for plan in shown]
+        for row, plan in zip(rows, shown, strict=True):
             report.line({"row": row["key"], "value": row["value"], "seconds": plan.seconds})
         if spec.hygiene is not None:
             n = min(len(data), HYGIENE_SAMPLES)
@@ -166,8 +170,9 @@ class _Plan:
     options: dict[str, Any]
     meta: dict[str, Any]
     extras: dict[str, str]  # keyword -> the per-sample dataset extra passed as it
-    base: _Plan | None = None  # worst case: the earlier row this one extends, and the attacks left to run
+    base: _Plan | None = None  # worst case: the one-shorter prefix row this one extends, and its last attack
     rest: list[Spec] | None = None
+    hidden: bool = False  # a prefix computed for a worst-case row, not one of the suite's rows
     pool: Any = None
     parts: list[torch.Tensor] = dataclasses.field(default_factory=list)
     curves: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
@@ -222,49 +227,49 @@ def _plans(rows: Sequence[Row], data: ArrayDataset, device: torch.device, seed: 
     bound: dict[str, Callable[..., torch.Tensor]] = {}  # attribution spec text -> the callable all rows share
     plans: list[_Plan] = []
     for row in rows:
-        meta = METRICS.meta(row.metric)
-        fn = METRICS.get(row.metric)
-        accepted = METRICS.options(row.metric)
-        options = dict(row.options)
-        if is_spec(options.get("attribution")):
-            text = spec_text(options["attribution"])
-            if text not in bound:
-                bound[text] = _bind_attribution(options["attribution"], device, seed, max_batch)
-            options["attribution"] = bound[text]
-        if "generator" in accepted and options.get("generator") is None:
-            options["generator"] = _generator(device, seed, row.key)
-        if max_batch is not None and "max_batch" in accepted and "max_batch" not in options:
-            options["max_batch"] = max_batch
-        options.update(_context(meta, data))
-        required = tuple(meta.get("extras", ()))
-        missing = [e for e in required if e not in data.extras]
-        if missing:
-            raise ConfigError(f"metric {row.metric!r} needs the per-sample extra {missing[0]!r}, which "
-                              f"{data.name or 'this dataset'} does not have (its extras: "
-                              f"{', '.join(data.extras) or 'none'}); drop the row or use a dataset that has it")
-        # optional extras (metadata keyword -> extra): passed when the dataset has them, e.g. the decoy patch
-        # that the localisation metrics leave out of the strokes
-        extras = {e: e for e in required} | {kw: e for kw, e in meta.get("optional_extras", {}).items()
-                                             if e in data.extras}
-        plan = _Plan(row, fn, options, meta, extras)
-        if "pooled" in meta:
-            plan.pool = meta["pooled"](**options)  # with the row's own generator, like any random row
-        if meta.get("worst_case_over") in row.options:
-            plan.base, plan.rest = _extends(row, meta["worst_case_over"], plans)
-        plans.append(plan)
+        _plan(row, data, device, seed, max_batch, bound, plans, hidden=False)
     return plans
 
 
-def _extends(row: Row, over: str, earlier: Sequence[_Plan]) -> tuple[_Plan | None, list[Spec] | None]:
-    """The earlier row (same metric, samples and other options) whose list is the longest proper prefix of this
-    row's list, and the rest of the list; (None, None) when there is none."""
-    items = list(row.options[over])
-    for cut in range(len(items) - 1, 0, -1):
-        key = row_key(row.metric, {**row.options, over: items[:cut]}, samples=row.samples)
-        for plan in earlier:
-            if plan.row.key == key:
-                return plan, items[cut:]
-    return None, None
+def _plan(row: Row, data: ArrayDataset, device: torch.device, seed: int, max_batch: int | None,
+          bound: dict[str, Callable[..., torch.Tensor]], plans: list[_Plan], *, hidden: bool) -> _Plan:
+    """Append the plan of `row` to `plans` (after the hidden prefix rows it extends) and return it."""
+    meta = METRICS.meta(row.metric)
+    fn = METRICS.get(row.metric)
+    accepted = METRICS.options(row.metric)
+    options = dict(row.options)
+    if is_spec(options.get("attribution")):
+        text = spec_text(options["attribution"])
+        if text not in bound:
+            bound[text] = _bind_attribution(options["attribution"], device, seed, max_batch)
+        options["attribution"] = bound[text]
+    if "generator" in accepted and options.get("generator") is None:
+        options["generator"] = _generator(device, seed, row.key)
+    if max_batch is not None and "max_batch" in accepted and "max_batch" not in options:
+        options["max_batch"] = max_batch
+    options.update(_context(meta, data))
+    required = tuple(meta.get("extras", ()))
+    missing = [e for e in required if e not in data.extras]
+    if missing:
+        raise ConfigError(f"metric {row.metric!r} needs the per-sample extra {missing[0]!r}, which "
+                          f"{data.name or 'this dataset'} does not have (its extras: "
+                          f"{', '.join(data.extras) or 'none'}); drop the row or use a dataset that has it")
+    # optional extras (metadata keyword -> extra): passed when the dataset has them, e.g. the decoy patch
+    # that the localisation metrics leave out of the strokes
+    extras = {e: e for e in required} | {kw: e for kw, e in meta.get("optional_extras", {}).items()
+                                         if e in data.extras}
+    plan = _Plan(row, fn, options, meta, extras, hidden=hidden)
+    if "pooled" in meta:
+        plan.pool = meta["pooled"](**options)  # with the row's own generator, like any random row
+    over = meta.get("worst_case_over")
+    if over in row.options and len(row.options[over]) > 1:
+        items = list(row.options[over])
+        prefix = Row(row.metric, {**row.options, over: items[:-1]}, row.samples)
+        plan.base = next((p for p in plans if p.row.key == prefix.key), None) or _plan(
+            prefix, data, device, seed, max_batch, bound, plans, hidden=True)
+        plan.rest = items[-1:]
+    plans.append(plan)
+    return plan
 
 
 def _context(meta: Mapping[str, Any], data: ArrayDataset) -> dict[str, Any]:

@@ -449,14 +449,9 @@ def _hygiene_key(suite: Any) -> str:
 
 
 def _missing(suite: Any, present: set[str]) -> list[Any]:
-    """The suite's rows not yet in results, plus every row of a metric whose rows build on each other (a worst
-    case over attacks starts from an earlier row's per-sample values): recomputing those together keeps each
-    value what one uninterrupted evaluation gives."""
-    from clearsight.metrics.registry import METRICS
-
-    missing = [r for r in suite.rows if r.key not in present]
-    chained = {r.metric for r in missing if METRICS.meta(r.metric).get("worst_case_over")}
-    return [r for r in suite.rows if r in missing or r.metric in chained]
+    """The suite's rows not yet in results. A worst-case row computed alone equals the one computed beside its
+    prefix rows (`clearsight.evaluation`), so a partly evaluated cell needs only the rows it lacks."""
+    return [r for r in suite.rows if r.key not in present]
 
 
 def _units(study: Study, cell: Cell) -> int:
