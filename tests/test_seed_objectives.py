@@ -262,6 +262,13 @@ def test_ir_trains_from_the_cli_with_a_targets_file(teacher, tmp_path, capsys):
     assert config["files"] == {"objective.targets": {"path": str(path.resolve()), "sha256": io.sha256_file(path)}}
     log = io.read_jsonl(tmp_path / "ir" / "log.jsonl")
     assert {"ce", "cos", "magnitude"} <= set(log[0]) and -1.0 <= log[0]["cos"] <= 1.0
+    # the same content elsewhere (a study directory moved, a copy): the run resumes
+    moved = tmp_path / "moved" / "t.safetensors"
+    moved.parent.mkdir()
+    moved.write_bytes(path.read_bytes())
+    moved_args = [a.replace(str(path), str(moved)) for a in args]
+    assert main([*moved_args, "--resume"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
     # the file changed: the run cannot be resumed as if nothing happened
     io.save_weights(path, {k: v + 1 for k, v in io.load_tensors(path)[0].items()}, io.load_tensors(path)[1])
     assert main([*args, "--resume"]) == 1

@@ -377,10 +377,20 @@ def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.W
 
 
 def _compared(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """What of a run config must be equal to resume: everything but the versions and the NEUTRAL_TRAIN options."""
+    """What of a run config must be equal to resume: everything but the versions and the NEUTRAL_TRAIN options.
+
+    An input file recorded under "files" ({"objective.<option>": {"path", "sha256"}}, `runs.input_files`) counts
+    by its content, not by where it lies: a study directory moved elsewhere, or a copy of the same targets file,
+    resumes; a file with other content is still refused."""
     out = {k: v for k, v in doc.items() if k != "versions"}
     if isinstance(out.get("train"), dict):
         out["train"] = {k: v for k, v in out["train"].items() if k not in NEUTRAL_TRAIN}
+    files, objective = out.get("files"), out.get("objective")
+    if isinstance(files, dict):
+        out["files"] = {k: v.get("sha256") if isinstance(v, dict) else v for k, v in files.items()}
+        if isinstance(objective, dict):  # {"name": ..., option: value, ...}: drop the options naming the files
+            located = {k.partition(".")[2] for k in files if k.startswith("objective.")}
+            out["objective"] = {k: v for k, v in objective.items() if k not in located}
     return out
 
 
