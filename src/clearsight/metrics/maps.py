@@ -138,9 +138,3 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of each row pair [B, F] -> [B] (average ranks for ties, as scipy)."""
     return pearson(average_ranks(a), average_ranks(b))
-
-
-def topk_mask(a: torch.Tensor, k: int) -> torch.Tensor:
-    """bool [B, F]: the k largest entries of each row of a [B, F] (ties broken by position)."""
-    return torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(int(k), dim=1).indices, True)
-

@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clearsight.attacks import explanation as explanation_attacks
 from clearsight.attacks.explanation import explanation_attack
 from clearsight.attributions.chunks import DEFAULT_MAX_BATCH, map_rows
 from clearsight.attributions.guard import positive_int
 from clearsight.checks import check_inputs, check_labels, check_radius
 from clearsight.errors import ConfigError
-from clearsight.metrics.maps import Attribution, explain, explainer, flat, spearman, topk_mask, with_generator
+from clearsight.metrics.maps import Attribution, explain, explainer, flat, spearman, with_generator
 from clearsight.metrics.perturb import SampleNoise
 from clearsight.metrics.registry import METRICS
 from clearsight.metrics.shared import shared
@@ -126,8 +127,8 @@ def topk_intersection(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, att
     predicted class. Higher = the explanation resists the attack."""
     a0, a1 = attacked_maps(model, x, y, attribution, eps=eps, steps=steps, topk=topk, beta=beta,
                            metric="topk_intersection")
-    both = topk_mask(flat(a0).abs(), topk) & topk_mask(flat(a1).abs(), topk)
-    return both.sum(1).to(x.dtype) / topk
+    # the attack's own measure (|a|, ties by position), so the metric and the attack never drift apart
+    return explanation_attacks.topk_intersection(a0, a1, topk).to(x.dtype)
 
 
 @METRICS.register("rank_correlation", higher_is_better=True, needs_grad=True, needs=("explainer", "attack"),
