@@ -288,6 +288,13 @@ def test_average_ranks_and_spearman_follow_scipy_conventions():
     v = torch.tensor([[3.0, 1.0, 1.0, 2.0, 5.0, 1.0], [0.0, 0.0, 0.0, 0.0, 1.0, 2.0]])
     torch.testing.assert_close(average_ranks(v), torch.tensor([[5.0, 2.0, 2.0, 4.0, 6.0, 2.0],
                                                                [2.5, 2.5, 2.5, 2.5, 5.0, 6.0]]))
+    # a literal definition on rows full of ties (and one constant row): the rank of v is 1 + the number of
+    # smaller entries + (the number of equal others) / 2
+    rows = torch.cat([torch.randint(0, 4, (7, 30), generator=torch.Generator().manual_seed(0)).float(),
+                      torch.zeros(1, 30)])
+    literal = torch.tensor([[1 + sum(w < u for w in row) + (sum(w == u for w in row) - 1) / 2 for u in row]
+                            for row in rows.tolist()])
+    torch.testing.assert_close(average_ranks(rows), literal, rtol=0, atol=0)
     a = torch.randn(3, 20)
     torch.testing.assert_close(spearman(a, a**3), torch.ones(3))  # monotone: 1
     torch.testing.assert_close(spearman(a, -a), -torch.ones(3))
@@ -379,6 +386,16 @@ def test_randomising_the_top_layer_drops_the_rank_correlation(mnist_mini_train):
     torch.testing.assert_close(values, spearman(a, b))
     assert float(values.mean()) < 0.8  # the map changed with the weights (it is 1 against itself)
     torch.testing.assert_close(M.randomisation(model, x, y, attribution="gradient", layers=2, seed=3).shape, (64,))
+    # rows of one batch share the trained map and its ranks: each still equals its value computed alone
+    from clearsight.metrics.shared import batch_cache
+
+    options = [{"layers": 1, "abs": True}, {"layers": 2, "abs": True}, {"layers": 1, "abs": False}]
+    alone = [M.randomisation(model, x, y, attribution="gradient", seed=3, **o) for o in options]
+    with batch_cache():
+        together = [M.randomisation(model, x, y, attribution="gradient", seed=3, **o) for o in options]
+    for one, other in zip(alone, together, strict=True):
+        torch.testing.assert_close(one, other, rtol=0, atol=0)
+    assert not torch.equal(alone[0], alone[2])  # abs matters, so sharing across it would show
 
 
 def test_neuron_consistency_of_units_that_each_fire_for_one_class_is_one():

@@ -113,17 +113,17 @@ def safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
     """Ranks 1..F of each row [B, F] with ties given their average rank (scipy.stats.rankdata's default)."""
     b, f = values.shape
-    order = values.argsort(dim=1, stable=True)
-    ordered = values.gather(1, order)
-    new = torch.ones_like(ordered, dtype=torch.bool)
-    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    group = new.cumsum(1) - 1 + torch.arange(b, device=values.device)[:, None] * f  # tie groups, unique per row
-    pos = torch.arange(f, device=values.device, dtype=values.dtype if values.is_floating_point() else torch.float64)
-    pos = pos.expand(b, f).reshape(-1)
-    first = torch.full((b * f,), float(f), dtype=pos.dtype, device=values.device)
-    first = first.scatter_reduce(0, group.reshape(-1), pos, reduce="amin")
-    last = torch.zeros_like(first).scatter_reduce(0, group.reshape(-1), pos, reduce="amax")
-    mean_rank = ((first + last) / 2 + 1)[group.reshape(-1)].view(b, f)
+    ordered, order = values.sort(dim=1, stable=True)
+    pos = torch.arange(f, device=values.device).expand(b, f)
+    starts = torch.ones_like(ordered, dtype=torch.bool)  # a tie group starts where the sorted value changes
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    # each position's group runs from the last start at or before it to the first end at or after it: running
+    # max / min along the row, no scatter over groups
+    first = pos.where(starts, 0).cummax(1).values
+    last = pos.where(ends, f).flip(1).cummin(1).values.flip(1)
+    mean_rank = (first + last).to(values.dtype if values.is_floating_point() else torch.float64) / 2 + 1
     return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
 
 

@@ -7,7 +7,6 @@ the trained model and the map of the same model with its top `layers` layers re-
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,8 +17,9 @@ from torch.nn.utils import parametrize
 from clearsight.attributions.guard import positive_int
 from clearsight.checks import check_inputs, check_labels
 from clearsight.errors import ConfigError
-from clearsight.metrics.maps import Attribution, explain, explainer, flat, spearman, with_generator
+from clearsight.metrics.maps import Attribution, average_ranks, explain, explainer, flat, pearson, with_generator
 from clearsight.metrics.registry import METRICS
+from clearsight.metrics.shared import shared
 
 
 def top_layers(model: nn.Module, layers: int) -> list[tuple[str, nn.Module]]:
@@ -33,9 +33,9 @@ def top_layers(model: nn.Module, layers: int) -> list[tuple[str, nn.Module]]:
 def randomised(model: nn.Module, *, layers: int = 1, seed: int = 0) -> Iterator[nn.Module]:
     """Inside the block the top `layers` layers of `model` hold freshly initialized values; on exit (also after an
     exception) every parameter and buffer holds its trained data again (the same tensors, so optimizers and other
-    references stay valid). Each layer is reset by its own `reset_parameters` on a copy, with torch's RNG seeded
-    with `seed` just before (as Quantus MPRT does with seed + 1); the global RNG is left as it was. Other threads
-    using the model meanwhile see the randomised values."""
+    references stay valid). Each layer is reset by its own `reset_parameters`, run on copies of its tensors' data,
+    with torch's RNG seeded with `seed` just before (as Quantus MPRT does with seed + 1); the global RNG is left as
+    it was. Other threads using the model meanwhile see the randomised values."""
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
@@ -46,13 +46,13 @@ def randomised(model: nn.Module, *, layers: int = 1, seed: int = 0) -> Iterator[
                     raise ConfigError(f"randomisation cannot re-initialize {name} ({type(module).__name__}): it is "
                                       "parametrized (e.g. spectral_norm), so reset_parameters leaves its weights as "
                                       "they are; remove the parametrization for the check")
-                fresh = copy.deepcopy(module)
-                torch.manual_seed(seed)
-                fresh.reset_parameters()  # type: ignore[operator]
-                old, new = module.state_dict(keep_vars=True), fresh.state_dict(keep_vars=True)
-                for key, tensor in old.items():
+                # the module's tensors get copies of their data, which reset_parameters then overwrites in place:
+                # the trained data is never written, and no module is deep-copied per call
+                for tensor in module.state_dict(keep_vars=True).values():
                     swapped.append((tensor, tensor.data))  # recorded first: an interrupted swap still restores
-                    tensor.data = new[key].data
+                    tensor.data = tensor.data.clone()
+                torch.manual_seed(seed)
+                module.reset_parameters()  # type: ignore[operator]
         yield model
     finally:
         for tensor, data in swapped:
@@ -80,7 +80,8 @@ def randomisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attribu
     check_inputs(x)
     check_labels(y, batch=x.shape[0])
     fn = explainer(attribution, metric="randomisation")
-    trained = flat(explain(fn, model, x, y, metric="randomisation"))
+    trained_map = explain(fn, model, x, y, metric="randomisation")
+    trained = flat(trained_map)
     with randomised(model, layers=layers, seed=seed):
         # called directly, not through the batch cache: the cache knows the model by identity, not its weights;
         # its noise (smoothgrad's) from a stream of its own, so the shared map's stream is left alone
@@ -88,4 +89,5 @@ def randomisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attribu
         random = flat(own(model, x, y).detach())
     if abs:
         trained, random = trained.abs(), random.abs()
-    return spearman(trained, random)
+    # the trained map's ranks once per batch for every randomisation row (layers 1..L of a cascade)
+    return pearson(shared(("ranks", abs), lambda: average_ranks(trained), trained_map), average_ranks(random))
