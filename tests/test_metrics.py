@@ -8,6 +8,7 @@ call of `block_size` values), which is the documented contract that makes batchi
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -376,8 +377,6 @@ def test_randomising_the_top_layer_drops_the_rank_correlation(mnist_mini_train):
     values = M.randomisation(model, x, y, attribution="gradient", layers=1, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before, strict=True))
     # the literal test: a copy with its last Linear reset under the same seed, ranks compared
-    import copy
-
     copied = copy.deepcopy(model)
     torch.manual_seed(3)
     copied.logits.reset_parameters()
@@ -396,6 +395,26 @@ def test_randomising_the_top_layer_drops_the_rank_correlation(mnist_mini_train):
     for one, other in zip(alone, together, strict=True):
         torch.testing.assert_close(one, other, rtol=0, atol=0)
     assert not torch.equal(alone[0], alone[2])  # abs matters, so sharing across it would show
+
+
+def test_randomised_values_are_the_seeded_reset_and_survive_changes_made_inside_the_block():
+    from clearsight.metrics.sanity import randomised
+
+    torch.manual_seed(0)
+    model = cs.models.build("mlp", num_classes=3, input_shape=(1, 4, 4), widths=[8])
+    literal = copy.deepcopy(model)
+    torch.manual_seed(5)
+    literal.logits.reset_parameters()
+    rng = torch.get_rng_state()
+    for _ in range(2):  # the second block gets the kept values, unchanged by the first block's edit
+        with randomised(model, layers=1, seed=5):
+            assert torch.equal(model.logits.weight, literal.logits.weight)
+            assert torch.equal(model.logits.bias, literal.logits.bias)
+            with torch.no_grad():
+                model.logits.weight.add_(1.0)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is left as it was
+    with randomised(model, layers=1, seed=6):  # another seed, other values
+        assert not torch.equal(model.logits.weight, literal.logits.weight)
 
 
 def test_neuron_consistency_of_units_that_each_fire_for_one_class_is_one():

@@ -7,6 +7,7 @@ the trained model and the map of the same model with its top `layers` layers re-
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,34 +30,60 @@ def top_layers(model: nn.Module, layers: int) -> list[tuple[str, nn.Module]]:
     return found[::-1][: positive_int("layers", layers)]
 
 
+# the values reset_parameters gives a module after torch.manual_seed(seed) depend on its shapes, not on its trained
+# values: made once per (module, seed) and kept while the module lives, so the batches of an evaluation and the
+# rows of a cascade (layers 1..L each reset the layers above) do not redraw them
+_FRESH: weakref.WeakKeyDictionary[nn.Module, dict[int, dict[str, torch.Tensor]]] = weakref.WeakKeyDictionary()
+
+
 @contextmanager
 def randomised(model: nn.Module, *, layers: int = 1, seed: int = 0) -> Iterator[nn.Module]:
     """Inside the block the top `layers` layers of `model` hold freshly initialized values; on exit (also after an
     exception) every parameter and buffer holds its trained data again (the same tensors, so optimizers and other
-    references stay valid). Each layer is reset by its own `reset_parameters`, run on copies of its tensors' data,
-    with torch's RNG seeded with `seed` just before (as Quantus MPRT does with seed + 1); the global RNG is left as
-    it was. Other threads using the model meanwhile see the randomised values."""
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    references stay valid). Each layer's values are what its own `reset_parameters` writes with torch's RNG seeded
+    with `seed` just before (as Quantus MPRT does with seed + 1), drawn once per layer and seed and handed out as
+    copies (a change made inside the block reaches neither the trained nor the kept values); the global RNG is left
+    as it was. Other threads using the model meanwhile see the randomised values."""
     swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
-        with torch.random.fork_rng(devices=[torch.device("cuda", i) for i in devices]):
-            for name, module in top_layers(model, layers):
-                if parametrize.is_parametrized(module):
-                    # reset_parameters writes the computed weight, not its original: nothing would change
-                    raise ConfigError(f"randomisation cannot re-initialize {name} ({type(module).__name__}): it is "
-                                      "parametrized (e.g. spectral_norm), so reset_parameters leaves its weights as "
-                                      "they are; remove the parametrization for the check")
-                # the module's tensors get copies of their data, which reset_parameters then overwrites in place:
-                # the trained data is never written, and no module is deep-copied per call
-                for tensor in module.state_dict(keep_vars=True).values():
-                    swapped.append((tensor, tensor.data))  # recorded first: an interrupted swap still restores
-                    tensor.data = tensor.data.clone()
-                torch.manual_seed(seed)
-                module.reset_parameters()  # type: ignore[operator]
+        for name, module in top_layers(model, layers):
+            if parametrize.is_parametrized(module):
+                # reset_parameters writes the computed weight, not its original: nothing would change
+                raise ConfigError(f"randomisation cannot re-initialize {name} ({type(module).__name__}): it is "
+                                  "parametrized (e.g. spectral_norm), so reset_parameters leaves its weights as "
+                                  "they are; remove the parametrization for the check")
+            fresh = _fresh(module, seed)
+            for key, tensor in module.state_dict(keep_vars=True).items():
+                swapped.append((tensor, tensor.data))  # recorded first: an interrupted swap still restores
+                tensor.data = fresh[key].clone()
         yield model
     finally:
         for tensor, data in swapped:
             tensor.data = data
+
+
+def _fresh(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """{state key: the value module.reset_parameters() gives it after torch.manual_seed(seed)} (see _FRESH); made
+    again if the module's tensors changed shape, dtype or device since."""
+    current = module.state_dict(keep_vars=True)
+    kept = _FRESH.setdefault(module, {}).get(seed)
+    if kept is not None and kept.keys() == current.keys() and all(
+            (kept[k].shape, kept[k].dtype, kept[k].device) == (t.shape, t.dtype, t.device) for k, t in current.items()):
+        return kept
+    saved = [(t, t.data) for t in current.values()]
+    devices = sorted({t.device.index or 0 for t in current.values() if t.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=[torch.device("cuda", i) for i in devices]):
+            for t in current.values():  # reset_parameters writes in place: into copies, never the trained data
+                t.data = t.data.clone()
+            torch.manual_seed(seed)
+            module.reset_parameters()  # type: ignore[operator]
+            kept = {k: t.data for k, t in current.items()}
+    finally:
+        for t, data in saved:
+            t.data = data
+    _FRESH[module][seed] = kept
+    return kept
 
 
 @METRICS.register("randomisation", higher_is_better=False, needs_grad=True, needs=("explainer",),
