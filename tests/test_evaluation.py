@@ -456,3 +456,23 @@ def test_a_worst_case_row_is_the_same_with_or_without_its_prefix_rows(monkeypatc
         assert calls_alone == calls[0]  # the hidden prefixes cost no attack the row would not run anyway
         one, two, three = (r["value"] for r in together)
         assert one >= two > three > 0  # each later attack breaks samples the earlier ones left
+        # prefixes listed after the row they extend: still computed once, reported in the suite's order
+        calls[0] = 0
+        reversed_ = cs.evaluate_rows(model, ds, suite={"rows": [last, *prefixes[::-1]]}, batch_size=30,
+                                     progress="none")
+        assert [r["key"] for r in reversed_] == [together[2]["key"], together[1]["key"], together[0]["key"]]
+        assert [r["value"] for r in reversed_] == [three, two, one]
+        assert calls[0] == calls_alone
+
+
+def test_a_raw_row_with_one_attack_name_or_pair_is_not_a_worst_case():
+    """Row objects built by hand (not through the suite parser) may hold an attack as a bare name or a
+    (name, options) pair: one attack, so no prefix (a bare name used to be split into its letters)."""
+    from clearsight.metrics.suites import Row, Suite
+
+    model, ds = mlp(), toy(n=12)
+    options = {"eps": 0.05, "steps": 2}
+    values = [cs.evaluate_rows(model, ds, suite=Suite("raw", [Row("robust_accuracy", {**options, "attack": a})]),
+                               batch_size=12, progress="none")[0]["value"]
+              for a in ("pgd", ("pgd", {}), [("pgd", {})])]
+    assert values[0] == values[1] == values[2]

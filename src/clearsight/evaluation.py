@@ -49,7 +49,7 @@ from clearsight.metrics.suites import HYGIENE_SAMPLES, Row, Suite
 from clearsight.modes import eval_mode, resolve_device
 from clearsight.progress import reporter
 from clearsight.results import hygiene_row, make_row
-from clearsight.specs import Spec, is_spec, spec, spec_text
+from clearsight.specs import Spec, is_spec, spec, spec_list, spec_text
 
 
 def evaluate(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, Any] | Suite = "quick",
@@ -96,7 +96,7 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
     report = reporter(progress)
     dev = resolve_device(device)
     model.to(dev)
-    plans = _plans(spec.rows, data, dev, seed, max_batch)
+    plans, shown = _plans(spec.rows, data, dev, seed, max_batch)
     # batches up to the last sample any row (or the hygiene check) reads: no forward on samples nothing scores
     needed = max([p.limit(len(data)) for p in plans]
                  + [min(len(data), HYGIENE_SAMPLES) if spec.hygiene is not None else 0])
@@ -126,10 +126,10 @@ def evaluate_rows(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, An
             report.line({"batch": f"{number}/{len(starts)}", "seconds": time.perf_counter() - began})
         # how the rows were made, for provenance (values do not depend on batch_size; they do on the seed)
         where = {"dataset": data.name, "split": data.split, "suite": spec.name, "seed": seed, "batch_size": batch_size}
-        shown = [plan for plan in plans if not plan.hidden]
         rows = [plan.result(where, len(data)) for plan in shown]
+        keys = {plan.row.key for plan in shown}
         for row, plan in zip(rows, shown, strict=True):
-            report.line({"row": row["key"], "value": row["value"], "seconds": plan.seconds})
+            report.line({"row": row["key"], "value": row["value"], "seconds": plan.cost(keys)})
         if spec.hygiene is not None:
             n = min(len(data), HYGIENE_SAMPLES)
             warnings = check(model, data.x[:n].to(dev), data.y[:n].to(dev), **spec.hygiene)
@@ -171,8 +171,7 @@ class _Plan:
     meta: dict[str, Any]
     extras: dict[str, str]  # keyword -> the per-sample dataset extra passed as it
     base: _Plan | None = None  # worst case: the one-shorter prefix row this one extends, and its last attack
-    rest: list[Spec] | None = None
-    hidden: bool = False  # a prefix computed for a worst-case row, not one of the suite's rows
+    last_attack: Spec | None = None
     pool: Any = None
     parts: list[torch.Tensor] = dataclasses.field(default_factory=list)
     curves: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
@@ -203,15 +202,20 @@ class _Plan:
         self.seconds += time.perf_counter() - began
 
     def _after(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        """The worst case: 0 where the earlier row already broke the sample, else the remaining attacks' value."""
-        assert self.base is not None and self.base.last is not None  # the base row ran first on the same samples
+        """The worst case: 0 where the prefix row already broke the sample, else the last attack's value."""
+        assert self.base is not None and self.base.last is not None  # the prefix ran first on the same samples
         known = self.base.last
         out = torch.zeros_like(known, dtype=x.dtype)
         idx = known.nonzero().squeeze(1)
         if idx.numel():
             over = self.meta["worst_case_over"]
-            out[idx] = self.call(model, x[idx], y[idx], **{**kwargs, over: self.rest}).detach().to(out.dtype)
+            out[idx] = self.call(model, x[idx], y[idx], **{**kwargs, over: [self.last_attack]}).detach().to(out.dtype)
         return out
+
+    def cost(self, shown: set[str]) -> float:
+        """Seconds this row took, with those of the unreported prefixes it needed (a reported prefix's are its own)."""
+        hidden = self.base is not None and self.base.row.key not in shown
+        return self.seconds + (self.base.cost(shown) if hidden and self.base is not None else 0.0)
 
     def result(self, where: dict[str, Any], total: int) -> dict[str, Any]:
         n = self.limit(total)
@@ -223,17 +227,21 @@ class _Plan:
 
 
 def _plans(rows: Sequence[Row], data: ArrayDataset, device: torch.device, seed: int,
-           max_batch: int | None) -> list[_Plan]:
+           max_batch: int | None) -> tuple[list[_Plan], list[_Plan]]:
+    """The plans in the order they run (a prefix before the rows that extend it, each key once) and the plans of
+    the suite's rows in the suite's order (a prefix the suite lacks runs but is not reported)."""
     bound: dict[str, Callable[..., torch.Tensor]] = {}  # attribution spec text -> the callable all rows share
-    plans: list[_Plan] = []
-    for row in rows:
-        _plan(row, data, device, seed, max_batch, bound, plans, hidden=False)
-    return plans
+    plans: dict[str, _Plan] = {}  # row key -> plan, in running order
+    shown = {row.key: _plan(row, data, device, seed, max_batch, bound, plans) for row in rows}  # a repeat once
+    return list(plans.values()), list(shown.values())
 
 
 def _plan(row: Row, data: ArrayDataset, device: torch.device, seed: int, max_batch: int | None,
-          bound: dict[str, Callable[..., torch.Tensor]], plans: list[_Plan], *, hidden: bool) -> _Plan:
-    """Append the plan of `row` to `plans` (after the hidden prefix rows it extends) and return it."""
+          bound: dict[str, Callable[..., torch.Tensor]], plans: dict[str, _Plan]) -> _Plan:
+    """The plan of `row`: the one already in `plans` under its key, else a new one added after the prefix rows it
+    extends (so a row that also appears earlier or later in the suite, or as another row's prefix, runs once)."""
+    if row.key in plans:
+        return plans[row.key]
     meta = METRICS.meta(row.metric)
     fn = METRICS.get(row.metric)
     accepted = METRICS.options(row.metric)
@@ -258,17 +266,16 @@ def _plan(row: Row, data: ArrayDataset, device: torch.device, seed: int, max_bat
     # that the localisation metrics leave out of the strokes
     extras = {e: e for e in required} | {kw: e for kw, e in meta.get("optional_extras", {}).items()
                                          if e in data.extras}
-    plan = _Plan(row, fn, options, meta, extras, hidden=hidden)
+    plan = _Plan(row, fn, options, meta, extras)
     if "pooled" in meta:
         plan.pool = meta["pooled"](**options)  # with the row's own generator, like any random row
-    over = meta.get("worst_case_over")
-    if over in row.options and len(row.options[over]) > 1:
-        items = list(row.options[over])
+    over: str | None = meta.get("worst_case_over")
+    items = spec_list(row.options[over], what=f"{row.metric} {over}") if over in row.options else []
+    if over is not None and len(items) > 1:
         prefix = Row(row.metric, {**row.options, over: items[:-1]}, row.samples)
-        plan.base = next((p for p in plans if p.row.key == prefix.key), None) or _plan(
-            prefix, data, device, seed, max_batch, bound, plans, hidden=True)
-        plan.rest = items[-1:]
-    plans.append(plan)
+        plan.base = _plan(prefix, data, device, seed, max_batch, bound, plans)
+        plan.last_attack = items[-1]
+    plans[row.key] = plan
     return plan
 
 

@@ -25,8 +25,9 @@ declares on registration what reports, tests and the evaluation driver read inst
                       samples (neuron consistency), accumulated batch by batch; per-sample values are each
                       sample's share, whose mean is the statistic
     worst_case_over   the option holding an ordered attack list whose per-sample value is the worst case over its
-                      attacks, run in order on the samples still robust (so a row whose list extends another's
-                      starts from that row's per-sample values)
+                      attacks: the driver computes the row with the list one shorter (the suite's own row, or an
+                      unreported one when the suite lacks it) and runs the last attack on the samples it left
+                      robust
     description       one line for `clearsight list metrics`
 """
 
