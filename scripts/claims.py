@@ -13,7 +13,8 @@ the mean over the method's seeds and the half-width of its 95% Student-t interva
 two cells of one seed share the initial weights, the data order and the evaluated images, so pairing removes their
 common noise; with fewer than two common seeds there is no interval. Differences whose interval excludes 0 are
 marked with *. A seed whose value is undefined (NaN: every sample of the row had no value) is left out of the mean,
-and the cell says "[2 of 3 seeds]".
+and the cell says "[2 of 3 seeds]"; a difference over fewer seeds than the cell's mean (M lacks a seed, or has it
+undefined) says how many pairs it has, "(+0.01 ± 0.02 [2 pairs])".
 """
 
 from __future__ import annotations
@@ -110,7 +111,10 @@ def _cell(entry: dict[str, Any] | None, base: dict[str, Any] | None, digits: int
     diffs = [v - theirs[s] for s, v in zip(entry["seeds"], entry["values"], strict=True) if s in theirs]
     mean, half = mean_interval(diffs)
     star = "*" if half is not None and abs(mean) > half else ""
-    return f"{text} ({_fmt(mean, half, digits, sign=True)}{star})"
+    # a seed the other method lacks (or has undefined) has no pair: say so when the difference has fewer seeds
+    pairs = sum(not math.isnan(d) for d in diffs)
+    fewer = f" [{pairs} pair{'s' if pairs != 1 else ''}]" if pairs < len(entry["values"]) - undefined else ""
+    return f"{text} ({_fmt(mean, half, digits, sign=True)}{star}{fewer})"
 
 
 if __name__ == "__main__":

@@ -90,6 +90,14 @@ def test_an_undefined_seed_is_left_out_and_said(tmp_path, capsys):
     assert lines[-1] == f"| m | {expected} |"
 
 
+def test_a_difference_over_fewer_seeds_than_its_mean_says_how_many_pairs(tmp_path, capsys):
+    # base lacks seed 2 and has seed 1 undefined: m's mean is over three seeds, its difference over one pair
+    study = _study(tmp_path / "s", {"base": {0: 0.5, 1: "nan"}, "m": {0: 0.8, 1: 0.7, 2: 0.9}})
+    _, lines, _ = _run(capsys, str(study), "--methods", "base,m", "--against", "base", "--row", "accuracy")
+    assert lines[-1] == f"| m | {0.8:.3g} ± {_half([0.8, 0.7, 0.9]):.2g} ({0.3:+.3g} [1 pair]) |"
+    assert "pairs" not in lines[-2]  # base against itself: no difference given
+
+
 @pytest.mark.parametrize(("argv", "said"), [
     (["--methods", "nobody", "--row", "accuracy"], "no method ['nobody']"),
     (["--methods", "base", "--row", "robust"], "matches 0 rows"),
