@@ -216,6 +216,27 @@ def test_an_added_row_is_computed_alone_and_settings_changes_need_update(whole, 
     assert all(v["examples"]["y"].shape[0] == 3 for v in cell_results(out).values())
 
 
+def test_rows_deleted_by_hand_or_of_older_conventions_are_recomputed_without_retraining(whole, tmp_path,
+                                                                                       monkeypatch):
+    import clearsight.evaluation
+
+    out = tmp_path / "s"
+    run_study(TINY, out)
+    logs = {p: p.read_bytes() for p in (out / "cells").rglob("log.jsonl")}
+    results = out / "cells" / "standard-seed0" / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text("".join(lines[:-1]))  # the last row deleted by hand
+    run_study(TINY, out)
+    assert cell_results(out)["standard-seed0"]["rows"] == whole[1]["standard-seed0"]["rows"]
+    # a newer clearsight whose rows are computed differently: every cell's rows set aside and redone
+    monkeypatch.setattr(clearsight.evaluation, "CONVENTIONS", clearsight.evaluation.CONVENTIONS + 1)
+    run_study(TINY, out)
+    assert {p: p.read_bytes() for p in (out / "cells").rglob("log.jsonl")} == logs  # nothing retrained
+    for folder in (out / "cells").iterdir():
+        assert len(list(folder.glob("results-*.jsonl"))) == 1, folder.name  # the old rows kept beside
+    assert_same(cell_results(out), whole[1])
+
+
 def test_a_changed_method_retrains_only_its_cells_and_keeps_the_old_ones(whole, tmp_path):
     out = tmp_path / "s"
     run_study(TINY, out)

@@ -51,6 +51,11 @@ from clearsight.progress import reporter
 from clearsight.results import hygiene_row, make_row
 from clearsight.specs import Spec, is_spec, spec, spec_list, spec_text
 
+# The version of how rows are computed: raised whenever a row's values change for the same key and settings, so
+# that stored rows (a study's cells) written by an older version are recomputed rather than mixed with new ones.
+# 2: a worst-case row extends its one-shorter prefix row (before, it reused whichever prefix the suite held).
+CONVENTIONS = 2
+
 
 def evaluate(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, Any] | Suite = "quick",
              batch_size: int = 256, device: str | torch.device = "auto",

@@ -213,10 +213,20 @@ class _Worker:
             write_state(self.folder(cell), state)
 
     def _current(self, cell: Cell, state: dict[str, Any]) -> bool:
-        """A complete cell's evaluation and examples are those the study asks for now."""
+        """A complete cell's evaluation and examples are those the study asks for now, and its results file
+        still holds every row (a row deleted by hand is recomputed, not silently missing from the report)."""
+        from clearsight.results import read_rows
+
         evaluated = state.get("evaluation", {})
-        return (evaluated.get("settings") == self._eval_settings() and state["stages"].get("examples")
-                == self._examples_wanted() and self._wanted(cell) == evaluated.get("rows"))
+        if not (evaluated.get("settings") == self._eval_settings() and state["stages"].get("examples")
+                == self._examples_wanted()):
+            return False
+        wanted = self._wanted(cell)
+        if wanted is None or wanted != evaluated.get("rows"):
+            return False
+        results = self.folder(cell) / "results.jsonl"
+        present = {r["key"] for r in read_rows(results)} if results.exists() else set()
+        return set(wanted) <= present
 
     def _state(self, cell: Cell) -> dict[str, Any]:
         folder = self.folder(cell)
@@ -303,8 +313,12 @@ class _Worker:
     # -- evaluate -----------------------------------------------------------------------------------------------
 
     def _eval_settings(self) -> dict[str, Any]:
+        from clearsight.evaluation import CONVENTIONS
+
         ev = self.study.evaluate
-        return {"samples": ev["samples"], "batch_size": ev["batch_size"], "seed": ev["seed"]}
+        # the conventions' version too: rows an older clearsight computed differently are set aside and redone
+        return {"samples": ev["samples"], "batch_size": ev["batch_size"], "seed": ev["seed"],
+                "conventions": CONVENTIONS}
 
     def _test(self, cell: Cell) -> Any:
         """The cell's trained run and its test split, opened once per cell."""
