@@ -259,7 +259,8 @@ def test_ir_trains_from_the_cli_with_a_targets_file(teacher, tmp_path, capsys):
             "train.progress=none", "--out", str(tmp_path / "ir")]
     assert main(args) == 0
     config = io.read_yaml(tmp_path / "ir" / "config.yaml")
-    assert config["files"] == {"objective.targets": {"path": str(path.resolve()), "sha256": io.sha256_file(path)}}
+    assert config["files"] == {"objective.targets": {"path": str(path.resolve()), "sha256": io.sha256_file(path),
+                                                     "relative": "../t.safetensors"}}
     log = io.read_jsonl(tmp_path / "ir" / "log.jsonl")
     assert {"ce", "cos", "magnitude"} <= set(log[0]) and -1.0 <= log[0]["cos"] <= 1.0
     # the same content elsewhere (a study directory moved, a copy): the run resumes
@@ -269,10 +270,41 @@ def test_ir_trains_from_the_cli_with_a_targets_file(teacher, tmp_path, capsys):
     moved_args = [a.replace(str(path), str(moved)) for a in args]
     assert main([*moved_args, "--resume"]) == 0, capsys.readouterr().err
     capsys.readouterr()
+    moved_config = io.read_yaml(tmp_path / "ir" / "config.yaml")  # now names the file where it lies
+    assert moved_config["objective"]["targets"] == str(moved.resolve())
+    assert moved_config["files"]["objective.targets"] == {"path": str(moved.resolve()), "sha256": io.sha256_file(path),
+                                                          "relative": "../moved/t.safetensors"}
+    assert {k: v for k, v in moved_config.items() if k not in ("objective", "files")} == {
+        k: v for k, v in config.items() if k not in ("objective", "files")}
     # the file changed: the run cannot be resumed as if nothing happened
     io.save_weights(path, {k: v + 1 for k, v in io.load_tensors(path)[0].items()}, io.load_tensors(path)[1])
     assert main([*args, "--resume"]) == 1
     assert "differs from this one in files.objective.targets" in capsys.readouterr().err
+
+
+def test_a_run_moved_together_with_its_targets_file_reads_it_at_the_new_place(teacher, tmp_path):
+    """A study directory moved elsewhere: the recorded absolute path is gone, the path relative to the run holds
+    the same file (checked by its hash), so ir's target maps are still there for target_cosine."""
+    import warnings
+
+    work = tmp_path / "work"
+    (work / "teacher").mkdir(parents=True)
+    path = targets.compute(teacher, work / "teacher" / "t.safetensors", n=2, progress="none")
+    assert main(["train", "--dataset", "german-credit", "--model", "mlp", "--objective", "ir", "--set",
+                 f"objective.targets={path}", "--epochs", "1", "--set", "train.progress=none",
+                 "--out", str(work / "student")]) == 0
+    expected = io.load_tensors(path)[0]["test"]
+    work.rename(tmp_path / "moved")
+    student = tmp_path / "moved" / "student"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no longer exists" warning: the file was found
+        assert torch.equal(load_data(open_run(student).config, "test").extras["target_map"], expected)
+    # a different file at the relative place is not taken for it
+    moved_file = tmp_path / "moved" / "teacher" / "t.safetensors"
+    tensors, meta = io.load_tensors(moved_file)
+    io.save_weights(moved_file, {k: v * 2 for k, v in tensors.items()}, meta)
+    with pytest.warns(UserWarning, match="no longer exists"):
+        assert "target_map" not in load_data(open_run(student).config, "test").extras
 
 
 def test_a_trained_ir_run_stays_evaluable_from_anywhere_and_after_its_teacher_is_retrained(
@@ -288,7 +320,8 @@ def test_a_trained_ir_run_stays_evaluable_from_anywhere_and_after_its_teacher_is
     student, file = work / "student", work / "t.safetensors"
     config = io.read_yaml(student / "config.yaml")
     assert config["objective"]["targets"] == "t.safetensors"
-    assert config["files"]["objective.targets"] == {"path": str(file), "sha256": io.sha256_file(file)}
+    assert config["files"]["objective.targets"] == {"path": str(file), "sha256": io.sha256_file(file),
+                                                    "relative": "../t.safetensors"}
     suite = tmp_path / "suite.yaml"
     suite.write_text("name: cosine\nrows:\n  - {metric: target_cosine, attribution: {name: gradient}}\n"
                      "hygiene: null\n")

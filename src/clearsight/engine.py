@@ -369,9 +369,13 @@ def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.W
         if differences:
             raise CheckpointError(f"cannot resume {out}: its config differs from this one in "
                                   f"{', '.join(differences)}. Resume with the same config or start a new run.")
+        moved = _moved_files(saved, io.plain(doc))
     distributed.barrier(world)  # every rank has decided before rank 0 writes, or a late rank would see its own run
     if world.is_main and not config_path.exists():
         io.write_yaml(config_path, {**doc, "versions": {"clearsight": __version__, "torch": torch.__version__}})
+    elif world.is_main and exists and moved is not None:
+        # the same input file at a new place: recorded there, so later commands (evaluate's target_cosine) find it
+        io.write_yaml(config_path, moved)
     distributed.barrier(world)
     return io.load_state(state_path) if state_path.exists() else None
 
@@ -391,6 +395,19 @@ def _compared(doc: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(objective, dict):  # {"name": ..., option: value, ...}: drop the options naming the files
             located = {k.partition(".")[2] for k in files if k.startswith("objective.")}
             out["objective"] = {k: v for k, v in objective.items() if k not in located}
+    return out
+
+
+def _moved_files(saved: dict[str, Any], doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`saved` with the input files' paths (under "files" and their objective options) of `doc`, when the files
+    `_compared` accepted as equal lie elsewhere now; None when nothing moved."""
+    files, objective = doc.get("files"), doc.get("objective")
+    if not isinstance(files, dict) or saved.get("files") == files:
+        return None
+    out = {**saved, "files": files}
+    if isinstance(objective, dict) and isinstance(saved.get("objective"), dict):
+        located = {k.partition(".")[2] for k in files if k.startswith("objective.")}
+        out["objective"] = {**saved["objective"], **{k: objective[k] for k in located if k in objective}}
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -39,6 +40,7 @@ def load_data(cfg: RunConfig, split: str) -> ArrayDataset:
     if isinstance(cfg, TrainedConfig):
         _check_trained_on(data, cfg)
     recorded = cfg.files if isinstance(cfg, TrainedConfig) else {}
+    folder = Path(cfg.source).parent if isinstance(cfg, TrainedConfig) and cfg.source else None
     for extra, option in OBJECTIVES.meta(cfg.objective.name).get("extras", {}).items():
         path = cfg.objective.options.get(option)
         if path is None:
@@ -46,35 +48,43 @@ def load_data(cfg: RunConfig, split: str) -> ArrayDataset:
         record = recorded.get(f"objective.{option}")
         if record is None:
             data = EXTRA_FILES[extra](data, path, options=cfg.objective.options, verified=False)
-        elif _unchanged(record, f"objective.{option}", extra):
-            data = EXTRA_FILES[extra](data, record["path"], options=cfg.objective.options, verified=True)
+        elif (found := _recorded_file(record, f"objective.{option}", extra, folder)) is not None:
+            data = EXTRA_FILES[extra](data, found, options=cfg.objective.options, verified=True)
     return data
 
 
-def _unchanged(record: Mapping[str, str], key: str, extra: str) -> bool:
-    """Whether the file config.yaml recorded for `key` is still there with its recorded sha256 (warns if not)."""
+def _recorded_file(record: Mapping[str, str], key: str, extra: str, folder: Path | None) -> Path | None:
+    """The file config.yaml recorded for `key`, with its recorded sha256: at its absolute path, else (the run moved
+    with its files) at its path relative to the run directory; None, with a warning, when neither holds it."""
     path = Path(record["path"])
     found = io.sha256_file(path) if path.is_file() else None
     if found == record["sha256"]:
-        return True
+        return path
+    if "relative" in record and folder is not None:
+        moved = folder / record["relative"]
+        if moved.is_file() and io.sha256_file(moved) == record["sha256"]:
+            return moved
     what = "no longer exists" if found is None else f"has changed since (sha256 now {found})"
     warnings.warn(f"{key}: the file {path} this run was trained with (sha256 {record['sha256']}) {what}; its "
                   f"per-sample extra {extra!r} is left out, so the rows that need it are not computed. Put the "
                   "file back to evaluate them.", stacklevel=3)
-    return False
+    return None
 
 
-def input_files(cfg: RunConfig) -> dict[str, dict[str, str]]:
-    """{"objective.<option>": {"path": absolute path, "sha256": ...}} of the files the objective's extras are read
-    from, for config.yaml when a run is configured for training: a run resumed with a changed file is refused
-    like any other changed setting, and the trained run is later evaluated with exactly that file, from any
-    working directory (`load_data`)."""
+def input_files(cfg: RunConfig, *, run_dir: Path | None = None) -> dict[str, dict[str, str]]:
+    """{"objective.<option>": {"path": absolute path, "sha256": ..., "relative": path from `run_dir`}} of the files
+    the objective's extras are read from, for config.yaml when a run is configured for training: a run resumed
+    with a changed file is refused like any other changed setting, and the trained run is later evaluated with
+    exactly that file, from any working directory, and still when the run and its files moved together (a study
+    directory moved elsewhere: `load_data` tries the relative path when the absolute one is gone)."""
     options = OBJECTIVES.meta(cfg.objective.name).get("extras", {}).values()
     files = {}
     for opt in options:
         if cfg.objective.options.get(opt) is not None:
             path = Path(cfg.objective.options[opt]).resolve()
             files[f"objective.{opt}"] = {"path": str(path), "sha256": io.sha256_file(path)}
+            if run_dir is not None:
+                files[f"objective.{opt}"]["relative"] = os.path.relpath(path, Path(run_dir).resolve())
     return files
 
 
@@ -112,7 +122,8 @@ def _recorded_files(doc: Mapping[str, Any], cfg: RunConfig) -> dict[str, dict[st
     for key, value in (doc.get("files") or {}).items():
         if isinstance(value, str):
             value = {"path": str(cfg.objective.options.get(key.partition(".")[2])), "sha256": value}
-        files[key] = {"path": str(value["path"]), "sha256": str(value["sha256"])}
+        files[key] = {"path": str(value["path"]), "sha256": str(value["sha256"]),
+                      **({"relative": str(value["relative"])} if "relative" in value else {})}
     return files
 
 
@@ -141,7 +152,7 @@ def train_run(cfg: RunConfig, out: Path, *, resume: bool, on_epoch: Callable[[di
     model = build_model(cfg, num_classes=train.num_classes, input_shape=train.input_shape)
     objective = objectives.build(cfg.objective.name, **cfg.objective.options)
     doc = {**{k: v for k, v in cfg.to_dict().items() if k != "train"}, "shapes": shapes(train)}
-    if files := input_files(cfg):
+    if files := input_files(cfg, run_dir=out):
         doc["files"] = files
     options = {**{k: getattr(cfg.train, k) for k in cfg.train.__dataclass_fields__}, **train_overrides}
     engine.fit(model, objective, train, out_dir=out, resume=resume, run_config=doc, on_epoch=on_epoch, **options)
