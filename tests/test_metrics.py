@@ -296,6 +296,11 @@ def test_average_ranks_and_spearman_follow_scipy_conventions():
     literal = torch.tensor([[1 + sum(w < u for w in row) + (sum(w == u for w in row) - 1) / 2 for u in row]
                             for row in rows.tolist()])
     torch.testing.assert_close(average_ranks(rows), literal, rtol=0, atol=0)
+    # rows without ties (ranked without the tie groups) interleaved with tied ones: each row as the literal says
+    mixed = torch.stack([r for pair in zip(torch.randn(8, 30).unbind(), rows.unbind(), strict=True) for r in pair])
+    literal = torch.tensor([[1 + sum(w < u for w in row) + (sum(w == u for w in row) - 1) / 2 for u in row]
+                            for row in mixed.tolist()])
+    torch.testing.assert_close(average_ranks(mixed), literal, rtol=0, atol=0)
     a = torch.randn(3, 20)
     torch.testing.assert_close(spearman(a, a**3), torch.ones(3))  # monotone: 1
     torch.testing.assert_close(spearman(a, -a), -torch.ones(3))
