@@ -465,14 +465,22 @@ def test_a_worst_case_row_is_the_same_with_or_without_its_prefix_rows(monkeypatc
         assert calls[0] == calls_alone
 
 
-def test_a_raw_row_with_one_attack_name_or_pair_is_not_a_worst_case():
-    """Row objects built by hand (not through the suite parser) may hold an attack as a bare name or a
-    (name, options) pair: one attack, so no prefix (a bare name used to be split into its letters)."""
+def test_a_raw_row_is_planned_as_its_suite_form():
+    """Row objects built by hand (not through the suite parser) may hold attacks as bare names, pairs or mappings:
+    planned in (name, options) form, so a bare name is one attack (it was split into its letters), a raw row and
+    its spec-form twin get one key, one generator and one plan, and a raw worst case reuses a raw prefix."""
     from clearsight.metrics.suites import Row, Suite
 
     model, ds = mlp(), toy(n=12)
     options = {"eps": 0.05, "steps": 2}
-    values = [cs.evaluate_rows(model, ds, suite=Suite("raw", [Row("robust_accuracy", {**options, "attack": a})]),
-                               batch_size=12, progress="none")[0]["value"]
-              for a in ("pgd", ("pgd", {}), [("pgd", {})])]
-    assert values[0] == values[1] == values[2]
+
+    def values(*rows):
+        return [r["value"] for r in cs.evaluate_rows(model, ds, suite=Suite("raw", [
+            Row("robust_accuracy", {**options, "attack": a}) for a in rows]), batch_size=12, progress="none")]
+
+    spec_form = values([("pgd", {})], [("pgd", {}), ("fgsm", {})])
+    for one in ("pgd", ("pgd", {}), ["pgd"], [{"name": "pgd"}]):
+        assert values(one) == spec_form[:1]
+    raw = values(["pgd", "fgsm"], ["pgd"])  # the prefix after its row, both raw: planned once, suite order kept
+    assert raw == spec_form[::-1]
+    assert len(values("pgd", ("pgd", {}), [{"name": "pgd"}])) == 1  # one row in three spellings: reported once

@@ -51,11 +51,6 @@ from clearsight.progress import reporter
 from clearsight.results import hygiene_row, make_row
 from clearsight.specs import Spec, is_spec, spec, spec_list, spec_text
 
-# The version of how rows are computed: raised whenever a row's values change for the same key and settings, so
-# that stored rows (a study's cells) written by an older version are recomputed rather than mixed with new ones.
-# 2: a worst-case row extends its one-shorter prefix row (before, it reused whichever prefix the suite held).
-CONVENTIONS = 2
-
 
 def evaluate(model: nn.Module, ds: Dataset, *, suite: str | Mapping[str, Any] | Suite = "quick",
              batch_size: int = 256, device: str | torch.device = "auto",
@@ -237,7 +232,10 @@ def _plans(rows: Sequence[Row], data: ArrayDataset, device: torch.device, seed: 
     the suite's rows in the suite's order (a prefix the suite lacks runs but is not reported)."""
     bound: dict[str, Callable[..., torch.Tensor]] = {}  # attribution spec text -> the callable all rows share
     plans: dict[str, _Plan] = {}  # row key -> plan, in running order
-    shown = {row.key: _plan(row, data, device, seed, max_batch, bound, plans) for row in rows}  # a repeat once
+    shown: dict[str, _Plan] = {}  # by the planned (normalised) key: a row repeated, in any spelling, is reported once
+    for row in rows:
+        plan = _plan(row, data, device, seed, max_batch, bound, plans)
+        shown.setdefault(plan.row.key, plan)
     return list(plans.values()), list(shown.values())
 
 
@@ -245,9 +243,15 @@ def _plan(row: Row, data: ArrayDataset, device: torch.device, seed: int, max_bat
           bound: dict[str, Callable[..., torch.Tensor]], plans: dict[str, _Plan]) -> _Plan:
     """The plan of `row`: the one already in `plans` under its key, else a new one added after the prefix rows it
     extends (so a row that also appears earlier or later in the suite, or as another row's prefix, runs once)."""
+    meta = METRICS.meta(row.metric)
+    over: str | None = meta.get("worst_case_over")
+    items = spec_list(row.options[over], what=f"{row.metric} {over}") if over in row.options else []
+    if over is not None and items:
+        # a hand-built Row may hold a bare name, a pair or mappings: in (name, options) form its key is the one its
+        # worst-case rows name as their prefix, and its generator the one a suite row of the same attacks gets
+        row = dataclasses.replace(row, options={**row.options, over: items})
     if row.key in plans:
         return plans[row.key]
-    meta = METRICS.meta(row.metric)
     fn = METRICS.get(row.metric)
     accepted = METRICS.options(row.metric)
     options = dict(row.options)
@@ -274,8 +278,6 @@ def _plan(row: Row, data: ArrayDataset, device: torch.device, seed: int, max_bat
     plan = _Plan(row, fn, options, meta, extras)
     if "pooled" in meta:
         plan.pool = meta["pooled"](**options)  # with the row's own generator, like any random row
-    over: str | None = meta.get("worst_case_over")
-    items = spec_list(row.options[over], what=f"{row.metric} {over}") if over in row.options else []
     if over is not None and len(items) > 1:
         prefix = Row(row.metric, {**row.options, over: items[:-1]}, row.samples)
         plan.base = _plan(prefix, data, device, seed, max_batch, bound, plans)
