@@ -30,7 +30,7 @@ from clearsight.report import collect, render, summary_text
 from clearsight.report.columns import describe, table_columns
 from clearsight.report.stats import mean_interval, t_quantile
 from clearsight.report.text import compare
-from clearsight.results import read_rows
+from clearsight.results import CONVENTIONS, read_rows
 
 SUITE = {"name": "tiny", "rows": [
     {"metric": "accuracy"},
@@ -56,10 +56,12 @@ COMPLETE = (("standard", 0), ("standard", 1), ("pgd-at-linf", 0))
 T975 = {1: 12.7062047362, 2: 4.3026527297, 3: 3.1824463053, 4: 2.7764451052}  # published t_{0.975, df}
 
 
-def _cell_state(method: str, seed: int, *, complete: bool, rows: list[str]) -> str:
+def _cell_state(method: str, seed: int, *, complete: bool, rows: list[str],
+                conventions: int = CONVENTIONS) -> str:
     objective = next(m["objective"] for m in METHODS if m["name"] == method)
     return json.dumps({"method": method, "objective": objective, "seed": seed, "hash": "0" * 12, "stages": {},
-                       "complete": complete, "evaluation": {"settings": {}, "rows": rows}})
+                       "complete": complete,
+                       "evaluation": {"settings": {"conventions": conventions}, "rows": rows}})
 
 
 def build_study(folder: Path) -> Path:
@@ -204,6 +206,19 @@ def test_results_csv_round_trips_every_row_of_the_complete_cells(study, rendered
         assert int(line["n"]) == row["n"] and line["higher_is_better"] == str(row["higher_is_better"])
         assert json.loads(line["options"]) == row["options"]
     assert not any(line["seed"] == "1" and line["method"] == "pgd-at-linf" for line in lines)
+
+
+def test_a_cell_evaluated_with_other_conventions_does_not_count_and_says_why(study, tmp_path):
+    cell = tmp_path / "standard-seed0"
+    from clearsight.report.collect import Cell, read_cell
+
+    shutil.copytree(study / "cells" / "standard-seed0", cell)
+    assert isinstance(read_cell(cell, "standard", 0), Cell)
+    keys = json.loads((cell / "cell.json").read_text())["evaluation"]["rows"]
+    (cell / "cell.json").write_text(_cell_state("standard", 0, complete=True, rows=keys, conventions=CONVENTIONS - 1))
+    reason = read_cell(cell, "standard", 0)
+    assert isinstance(reason, str) and f"conventions {CONVENTIONS - 1}, now {CONVENTIONS}" in reason
+    assert "run the study again" in reason
 
 
 def test_missing_and_incomplete_cells_are_listed_with_the_reason_and_the_report_still_renders(rendered):

@@ -218,7 +218,7 @@ def test_an_added_row_is_computed_alone_and_settings_changes_need_update(whole, 
 
 def test_rows_deleted_by_hand_or_of_older_conventions_are_recomputed_without_retraining(whole, tmp_path,
                                                                                        monkeypatch):
-    import clearsight.evaluation
+    import clearsight.results
 
     out = tmp_path / "s"
     run_study(TINY, out)
@@ -229,12 +229,15 @@ def test_rows_deleted_by_hand_or_of_older_conventions_are_recomputed_without_ret
     run_study(TINY, out)
     assert cell_results(out)["standard-seed0"]["rows"] == whole[1]["standard-seed0"]["rows"]
     # a newer clearsight whose rows are computed differently: every cell's rows set aside and redone
-    monkeypatch.setattr(clearsight.evaluation, "CONVENTIONS", clearsight.evaluation.CONVENTIONS + 1)
+    monkeypatch.setattr(clearsight.results, "CONVENTIONS", clearsight.results.CONVENTIONS + 1)
     run_study(TINY, out)
     assert {p: p.read_bytes() for p in (out / "cells").rglob("log.jsonl")} == logs  # nothing retrained
     for folder in (out / "cells").iterdir():
         assert len(list(folder.glob("results-*.jsonl"))) == 1, folder.name  # the old rows kept beside
     assert_same(cell_results(out), whole[1])
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
+    run_study(TINY, out)  # and then they are current: nothing is redone
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()} == stamps
 
 
 def test_a_changed_method_retrains_only_its_cells_and_keeps_the_old_ones(whole, tmp_path):

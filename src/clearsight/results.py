@@ -36,6 +36,12 @@ from clearsight.specs import plain, spec, value_text
 ROW_FIELDS = ("key", "metric", "options", "value", "n", "higher_is_better", "dataset", "split", "suite", "seed",
               "batch_size", "samples", "curve", "warnings")
 
+# The version of how rows are computed: raised whenever a row's values change for the same key and settings, so
+# that stored rows (a study's cells) written by an older version are recomputed, and not shown, rather than mixed
+# with new ones. 2: a worst-case row extends its one-shorter prefix row (before, it reused whichever prefix the
+# suite held).
+CONVENTIONS = 2
+
 
 def row_key(metric: str, options: Mapping[str, Any], *, samples: int | None = None) -> str:
     """"metric/option=value/..." with the options sorted, plus "/samples=N" for a row on the first N samples."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clearsight import io
+from clearsight import io, results
 from clearsight.errors import ClearsightError, ConfigError
 from clearsight.report.columns import describe, group_of, table_columns
 from clearsight.report.stats import mean_interval
@@ -95,6 +95,13 @@ def read_cell(folder: Path, method: str, seed: int) -> Cell | str:
         return "incomplete (still running, or it failed)"
     if info.get("method") != method or info.get("seed") != seed:
         return f"{CELL_FILE} names method {info.get('method')!r}, seed {info.get('seed')!r}"
+    evaluation = info.get("evaluation")
+    settings = evaluation.get("settings") if isinstance(evaluation, dict) else None
+    made = settings.get("conventions") if isinstance(settings, dict) else None
+    if made != results.CONVENTIONS:
+        # rows an older clearsight computed differently must not sit beside current ones in one table
+        return (f"evaluated by a clearsight whose rows are computed differently (conventions {made}, now "
+                f"{results.CONVENTIONS}): run the study again to recompute its rows (no retraining)")
     try:
         rows = _latest(read_rows(folder / "results.jsonl"), _wanted(info))
         log = io.read_jsonl(folder / "log.jsonl", what="training log")

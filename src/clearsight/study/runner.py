@@ -313,7 +313,7 @@ class _Worker:
     # -- evaluate -----------------------------------------------------------------------------------------------
 
     def _eval_settings(self) -> dict[str, Any]:
-        from clearsight.evaluation import CONVENTIONS
+        from clearsight.results import CONVENTIONS
 
         ev = self.study.evaluate
         # the conventions' version too: rows an older clearsight computed differently are set aside and redone
