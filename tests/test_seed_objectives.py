@@ -264,6 +264,9 @@ def test_ir_trains_from_the_cli_with_a_targets_file(teacher, tmp_path, capsys):
     log = io.read_jsonl(tmp_path / "ir" / "log.jsonl")
     assert {"ce", "cos", "magnitude"} <= set(log[0]) and -1.0 <= log[0]["cos"] <= 1.0
     # the same content elsewhere (a study directory moved, a copy): the run resumes
+    written = (tmp_path / "ir" / "config.yaml").read_bytes()
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err  # nothing moved: config.yaml as it was
+    assert (tmp_path / "ir" / "config.yaml").read_bytes() == written
     moved = tmp_path / "moved" / "t.safetensors"
     moved.parent.mkdir()
     moved.write_bytes(path.read_bytes())
@@ -303,7 +306,7 @@ def test_a_run_moved_together_with_its_targets_file_reads_it_at_the_new_place(te
     moved_file = tmp_path / "moved" / "teacher" / "t.safetensors"
     tensors, meta = io.load_tensors(moved_file)
     io.save_weights(moved_file, {k: v * 2 for k, v in tensors.items()}, meta)
-    with pytest.warns(UserWarning, match="no longer exists"):
+    with pytest.warns(UserWarning, match=r"no longer exists, nor is it at .*holds another file"):
         assert "target_map" not in load_data(open_run(student).config, "test").extras
 
 

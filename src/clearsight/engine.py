@@ -332,11 +332,12 @@ def _start(out: Path | None, doc: dict[str, Any], resume: bool, world: distribut
     """A fresh RunState, or (resume) the one the checkpoint in `out` holds, with model and optimizer restored.
 
     Once the run is accepted, the main process tidies its directory: temporary files a killed write left are
-    removed, and log.jsonl is rewritten from the checkpoint's history when it differs (damaged, truncated, or
-    one epoch ahead of a checkpoint a kill kept from being written)."""
+    removed, log.jsonl is rewritten from the checkpoint's history when it differs (damaged, truncated, or
+    one epoch ahead of a checkpoint a kill kept from being written), and config.yaml records where an input file
+    lies now when it moved (same content, `_moved_files`)."""
     if out is None:
         return RunState()
-    saved = _open_run(out, doc, resume, world)
+    saved, moved = _open_run(out, doc, resume, world)
     state = RunState()
     if saved is not None:
         state = _restore(_checked_state(saved, out / CHECKPOINT, epochs=cfg.epochs), model, optimizer, world, device,
@@ -348,13 +349,18 @@ def _start(out: Path | None, doc: dict[str, Any], resume: bool, world: distribut
             io.remove_stale_tmp(folder)
         if saved is not None:
             _rewrite_log(out / "log.jsonl", state.history)
+        if moved is not None:  # so later commands (evaluate's target_cosine) find the file where it is
+            io.write_yaml(out / "config.yaml", moved)
     return state
 
 
-def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.World) -> Any:
-    """Start a fresh run in `out` (refusing to touch an existing one) or return what its checkpoint holds."""
+def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.World
+              ) -> tuple[Any, dict[str, Any] | None]:
+    """Start a fresh run in `out` (refusing to touch an existing one) or return what its checkpoint holds; and
+    the resumed run's config with its input files' new paths when they moved (written once the run is accepted)."""
     config_path, state_path = out / "config.yaml", out / CHECKPOINT
     exists = config_path.exists() or state_path.exists()
+    moved = None
     if exists and not resume:
         raise CheckpointError(f"{out} already holds a run; pass resume=True (CLI: --resume) to continue it, or "
                               "choose another output directory. Nothing was changed.")
@@ -363,21 +369,19 @@ def _open_run(out: Path, doc: dict[str, Any], resume: bool, world: distributed.W
             raise CheckpointError(f"cannot resume {out}: it has a checkpoint but no config.yaml. {RUN_CONFIG_FIX}. "
                                   "Nothing was changed.")
         saved = io.read_yaml(config_path, what="run config", fix=RUN_CONFIG_FIX)
+        as_written = dict(saved)  # what a moved file's rewrite keeps, apart from the paths
         if isinstance(saved.get("train"), dict):  # a run written before a train option was renamed
             saved["train"] = migrate_train(saved["train"], where=str(config_path))
         differences = _differences(_compared(saved), _compared(io.plain(doc)))
         if differences:
             raise CheckpointError(f"cannot resume {out}: its config differs from this one in "
                                   f"{', '.join(differences)}. Resume with the same config or start a new run.")
-        moved = _moved_files(saved, io.plain(doc))
+        moved = _moved_files(as_written, io.plain(doc))
     distributed.barrier(world)  # every rank has decided before rank 0 writes, or a late rank would see its own run
     if world.is_main and not config_path.exists():
         io.write_yaml(config_path, {**doc, "versions": {"clearsight": __version__, "torch": torch.__version__}})
-    elif world.is_main and exists and moved is not None:
-        # the same input file at a new place: recorded there, so later commands (evaluate's target_cosine) find it
-        io.write_yaml(config_path, moved)
     distributed.barrier(world)
-    return io.load_state(state_path) if state_path.exists() else None
+    return (io.load_state(state_path) if state_path.exists() else None), moved
 
 
 def _compared(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -401,9 +405,12 @@ def _compared(doc: Mapping[str, Any]) -> dict[str, Any]:
 def _moved_files(saved: dict[str, Any], doc: Mapping[str, Any]) -> dict[str, Any] | None:
     """`saved` with the input files' paths (under "files" and their objective options) of `doc`, when the files
     `_compared` accepted as equal lie elsewhere now; None when nothing moved."""
-    files, objective = doc.get("files"), doc.get("objective")
-    if not isinstance(files, dict) or saved.get("files") == files:
+    files, objective, before = doc.get("files"), doc.get("objective"), saved.get("files")
+    if not isinstance(files, dict) or not isinstance(before, dict):
         return None
+    paths = {k: v.get("path") if isinstance(v, dict) else None for k, v in before.items()}
+    if all(paths.get(k) == (v.get("path") if isinstance(v, dict) else None) for k, v in files.items()):
+        return None  # nothing moved (a record without "relative", from an older version, is left as it is)
     out = {**saved, "files": files}
     if isinstance(objective, dict) and isinstance(saved.get("objective"), dict):
         located = {k.partition(".")[2] for k in files if k.startswith("objective.")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -60,12 +61,16 @@ def _recorded_file(record: Mapping[str, str], key: str, extra: str, folder: Path
     found = io.sha256_file(path) if path.is_file() else None
     if found == record["sha256"]:
         return path
+    also = ""
     if "relative" in record and folder is not None:
         moved = folder / record["relative"]
-        if moved.is_file() and io.sha256_file(moved) == record["sha256"]:
+        there = io.sha256_file(moved) if moved.is_file() else None
+        if there == record["sha256"]:
             return moved
+        also = (f", nor is it at {moved} (its path relative to the run), which "
+                + ("does not exist" if there is None else f"holds another file (sha256 {there})"))
     what = "no longer exists" if found is None else f"has changed since (sha256 now {found})"
-    warnings.warn(f"{key}: the file {path} this run was trained with (sha256 {record['sha256']}) {what}; its "
+    warnings.warn(f"{key}: the file {path} this run was trained with (sha256 {record['sha256']}) {what}{also}; its "
                   f"per-sample extra {extra!r} is left out, so the rows that need it are not computed. Put the "
                   "file back to evaluate them.", stacklevel=3)
     return None
@@ -84,7 +89,9 @@ def input_files(cfg: RunConfig, *, run_dir: Path | None = None) -> dict[str, dic
             path = Path(cfg.objective.options[opt]).resolve()
             files[f"objective.{opt}"] = {"path": str(path), "sha256": io.sha256_file(path)}
             if run_dir is not None:
-                files[f"objective.{opt}"]["relative"] = os.path.relpath(path, Path(run_dir).resolve())
+                # on another drive (Windows) there is no relative path: the absolute one alone
+                with contextlib.suppress(ValueError):
+                    files[f"objective.{opt}"]["relative"] = os.path.relpath(path, Path(run_dir).resolve())
     return files
 
 
