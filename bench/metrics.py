@@ -1,6 +1,6 @@
 """clearsight.metrics side by side with Quantus 0.6: agreement, speed ratio, and each metric against its floor.
 
-    python bench/metrics.py            # small-cnn trained 1 epoch on mnist-mini, 128 test images, 3 rounds
+    python bench/metrics.py            # small-cnn trained 1 epoch on mnist-mini, 128 test images, 5 rounds
     python bench/metrics.py --quick    # smoke run: 32 images, fewer perturbations, 1 round
 
 Same model (eval mode), same inputs (the first B mnist-mini test images), same labels as targets, and the same
@@ -27,10 +27,10 @@ by step; FaithfulnessCorrelation's subsets are Quantus's own np.random.choice dr
 given to clearsight as `subsets=` (the timing rows draw clearsight's own subsets).
 
 Floor: the forward passes (forward-only metrics, under inference mode) or input-gradient passes (metrics that
-recompute attributions) the metric must make, times the best per-image time over batch sizes 64-512 measured in
-this run, each size timed over a run of passes covering 2,048 images (randomisation: sizes up to B, as each of its
-passes runs a different model on the call's B images). Every timing is the best of the rounds, clearsight and
-Quantus alternating within a round.
+recompute attributions) the metric must make, run at the fastest batch size of 64-512 (found first, each size timed
+over passes covering 2,048 images; randomisation: sizes up to B, as each of its passes runs a different model on
+the call's B images). Every timing is the best of the rounds; in each round clearsight, Quantus and the floor's
+passes run one after the other, so a change in the machine's speed (it is shared) moves all three alike.
 """
 
 from __future__ import annotations
@@ -74,29 +74,33 @@ def best(fn: Callable[[], Any], rounds: int) -> tuple[float, Any]:
     return min(times), out
 
 
-def per_image(model: torch.nn.Module, x: torch.Tensor, *, backward: bool, rounds: int, images: int = 2048,
-              largest: int = 512) -> float:
-    """Best seconds per image of forward (or input-gradient) passes over batch sizes 64..`largest`.
+def best_size(model: torch.nn.Module, x: torch.Tensor, *, backward: bool, rounds: int, images: int = 2048,
+              largest: int = 512) -> int:
+    """The batch size among 64..`largest` with the fastest forward (or input-gradient) passes per image, each size
+    timed over a run of passes covering `images` images (a single pass of tens of milliseconds is too noisy)."""
+    sizes = sorted({min(s, largest) for s in (64, 128, 256, 512)})  # a B under 64 (--quick): B alone
+    return min(sizes, key=lambda size: best(passes(model, x, backward=backward, size=size, images=images)[0],
+                                            rounds)[0] / images)
 
-    Each batch size is timed over a run of passes covering `images` images, not a single pass: a metric's time is
-    a sum of many passes, and the fastest of a few single passes (tens of milliseconds each, on a shared machine)
-    is an outlier that would set the floor too low."""
-    y = torch.zeros(512, dtype=torch.int64)
-    big = x.repeat(math.ceil(512 / x.shape[0]), 1, 1, 1)[:512]
-    out = []
-    for size in [s for s in (64, 128, 256, 512) if s <= largest]:
-        rows = big[:size]
-        if backward:
-            one = lambda rows=rows: cs.attributions.gradient(model, rows, y[: rows.shape[0]])  # noqa: E731
-        else:
-            def one(rows=rows):
+
+def passes(model: torch.nn.Module, x: torch.Tensor, *, backward: bool, size: int, images: int
+           ) -> tuple[Callable[[], Any], float]:
+    """A callable making the forward (or input-gradient) passes of batch `size` that cover `images` images, and the
+    factor from its time to the time of exactly `images` images (a whole number of passes covers about as many)."""
+    rows = x.repeat(math.ceil(size / x.shape[0]), 1, 1, 1)[:size]
+    y = torch.zeros(size, dtype=torch.int64)
+    n = max(1, round(images / size))
+
+    def run():
+        for _ in range(n):
+            if backward:
+                cs.attributions.gradient(model, rows, y)
+            else:
                 with torch.inference_mode():
-                    return model(rows)
-        one()
-        passes = max(1, images // size)
-        out.append(best(lambda one=one, passes=passes: [one() for _ in range(passes)], rounds + 1)[0]
-                   / (passes * size))
-    return min(out)
+                    model(rows)
+
+    run()  # warm-up
+    return run, images / (n * size)
 
 
 def explain(model, inputs, targets, **_):
@@ -110,28 +114,32 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(THREADS)
     b = 32 if args.quick else 128
-    rounds = 1 if args.quick else 3
+    rounds = 1 if args.quick else 5
     n_sens = 10 if args.quick else 50
     runs = 20 if args.quick else 100
     model, x, y = setup(b)
     xn, yn = x.numpy(), y.numpy()
     a = cs.attributions.gradient(model, x, y)
     an = a.numpy()
-    t_fwd = per_image(model, x, backward=False, rounds=rounds)
-    t_grad = per_image(model, x, backward=True, rounds=rounds)
-    # randomisation's passes run on a different model each (trained, then each cascade step): none can hold more
-    # than the B images of the call, so its floor is the best batch size up to B
-    t_grad_b = per_image(model, x, backward=True, rounds=rounds, largest=b)
-    print(f"small-cnn (1 epoch), {b} mnist-mini test images, {THREADS} threads; best per-image pass: forward "
-          f"{t_fwd * 1e3:.3f} ms, input gradient {t_grad * 1e3:.3f} ms")
+    fwd_size = best_size(model, x, backward=False, rounds=rounds)
+    grad_size = best_size(model, x, backward=True, rounds=rounds)
+    print(f"small-cnn (1 epoch), {b} mnist-mini test images, {THREADS} threads; fastest batch size: forward "
+          f"{fwd_size}, input gradient {grad_size}", flush=True)
     rows = []
 
+    def floor_of(images: int, *, backward: bool, size: int | None = None) -> tuple[Callable[[], Any], float]:
+        return passes(model, x, backward=backward, size=size or (grad_size if backward else fwd_size), images=images)
+
     def record(name, ours_fn, theirs_fn, floor, agree):
-        t_ours = t_theirs = float("inf")
-        for _ in range(rounds):  # alternate, so load drift hits both alike
+        """Times ours, Quantus's and the floor's passes alternating in each round (load drift hits all three
+        alike), best of the rounds each; `floor` is (passes callable, scale) or None (a reduction of a map)."""
+        t_ours = t_theirs = t_floor = float("inf")
+        for _ in range(rounds):
             t_ours = min(t_ours, best(ours_fn, 1)[0])
             t_theirs = min(t_theirs, best(theirs_fn, 1)[0])
-        rows.append((name, t_ours, t_theirs, floor, agree))
+            if floor is not None:
+                t_floor = min(t_floor, best(floor[0], 1)[0] * floor[1])
+        rows.append((name, t_ours, t_theirs, t_floor if floor is not None else 0.0, agree))
         print(f"  {name}: ours {t_ours:.3f} s, quantus {t_theirs:.3f} s", flush=True)
 
     # gini vs Sparseness
@@ -139,7 +147,7 @@ def main() -> None:
     q = np.array(sparse(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy()))
     o = cs.metrics.gini(model, x, y, attribution=a).numpy()
     record("gini / Sparseness", lambda: cs.metrics.gini(model, x, y, attribution=a),
-           lambda: sparse(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy()), 0.0, np.abs(o - q).max())
+           lambda: sparse(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy()), None, np.abs(o - q).max())
 
     # deletion_auc vs PixelFlipping (28 steps of 28 pixels)
     flip = quantus.PixelFlipping(features_in_step=28, perturb_baseline="black", disable_warnings=True)
@@ -147,7 +155,8 @@ def main() -> None:
     c = curves.deletion_curves(model, x, y, attribution=a, steps=28)["deletion"].numpy()
     agree = max(np.abs(c[:, 1:] - q).max(), np.abs(np.trapezoid(c[:, 1:], axis=1) - np.trapezoid(q, axis=1)).max())
     record("deletion_auc / PixelFlipping", lambda: cs.metrics.deletion_auc(model, x, y, attribution=a, steps=28),
-           lambda: flip(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy()), 29 * b * t_fwd, agree)
+           lambda: flip(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy()),
+           floor_of(29 * b, backward=False), agree)
 
     # max_sensitivity vs MaxSensitivity, identical clipped noise
     radius = 0.2
@@ -173,7 +182,8 @@ def main() -> None:
         return cs.metrics.max_sensitivity(model, x, y, attribution="gradient", n=n_sens, radius=radius,
                                           generator=torch.Generator().manual_seed(1))
 
-    record(f"max_sensitivity n={n_sens} / MaxSensitivity", ours_sens, quantus_sens, (n_sens + 1) * b * t_grad,
+    record(f"max_sensitivity n={n_sens} / MaxSensitivity", ours_sens, quantus_sens,
+           floor_of((n_sens + 1) * b, backward=True),
            np.abs(ours_sens().numpy() - q).max())
 
     # relevance_mass vs RelevanceMassAccuracy, strokes mask
@@ -184,7 +194,7 @@ def main() -> None:
     o = cs.metrics.relevance_mass(model, x, y, attribution=a, mask=mask, positive=False).numpy()
     record("relevance_mass / RelevanceMassAccuracy",
            lambda: cs.metrics.relevance_mass(model, x, y, attribution=a, mask=mask, positive=False),
-           lambda: rma(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(), s_batch=sn), 0.0,
+           lambda: rma(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(), s_batch=sn), None,
            np.abs(o - q).max())
 
     # infidelity vs Infidelity (patches of 4: 49 cumulative perturbations)
@@ -194,7 +204,7 @@ def main() -> None:
     record("infidelity patches / Infidelity",
            lambda: cs.metrics.infidelity(model, x, y, attribution=a, perturbation="patches", patch=4),
            lambda: infid(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(), batch_size=b),
-           50 * b * t_fwd, np.abs(o - q).max() / max(np.abs(q).max(), 1e-12))
+           floor_of(50 * b, backward=False), np.abs(o - q).max() / max(np.abs(q).max(), 1e-12))
 
     # faithfulness_correlation vs FaithfulnessCorrelation; for the agreement clearsight gets the subsets Quantus drew
     # (recorded in its perturb_func), since Quantus draws them with np.random among other numpy draws
@@ -216,7 +226,7 @@ def main() -> None:
            lambda: cs.metrics.faithfulness_correlation(model, x, y, attribution=a, runs=runs, subset=224,
                                                        generator=torch.Generator().manual_seed(0)),
            lambda: faith(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(), batch_size=b),
-           (runs + 1) * b * t_fwd, np.nanmax(np.abs(o - q)))
+           floor_of((runs + 1) * b, backward=False), np.nanmax(np.abs(o - q)))
 
     # randomisation vs MPRT: the same cascading top-down re-initialization (Quantus seeds seed + 1 per layer)
     layers = len(cs.metrics.sanity.top_layers(model, 100))
@@ -230,11 +240,14 @@ def main() -> None:
                     for k in range(1, layers + 1)]
 
     o = ours_rand()
+    # its passes run a different model each (trained, then each cascade step): none can hold more than the call's
+    # B images, so its floor is the fastest batch size up to B
+    rand_size = best_size(model, x, backward=True, rounds=rounds, largest=b)
     agree = max(np.abs(o[k].numpy() - np.array(scores[names[k]])).max() for k in range(layers))
     record(f"randomisation layers=1..{layers} / MPRT",
            ours_rand, lambda: mprt(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(), explain_func=explain,
                                    batch_size=b),
-           (layers + 1) * b * t_grad_b, agree)
+           floor_of((layers + 1) * b, backward=True, size=rand_size), agree)
 
     print()
     print(f"{'metric / Quantus':<52} {'ours s':>8} {'quantus s':>10} {'q/ours':>7} {'floor s':>8} {'ours/fl':>8} "
